@@ -1,0 +1,489 @@
+"""Typed, validated experiment configuration.
+
+One :class:`ExperimentConfig` holds every setting of a run. It is built from a TOML file
+(:meth:`ExperimentConfig.from_toml`), from Flower's flat ``run_config``
+(:meth:`ExperimentConfig.from_flat`, keys such as ``"train.lr"``) and from command-line
+overrides (``--set train.lr=0.1``). Unknown keys, wrong types and out-of-range values are
+collected and reported together in one :class:`~fedai.errors.ConfigError` whose message
+names each key, what was expected and what was given.
+
+Example:
+    >>> cfg = ExperimentConfig.from_mapping({"experiment": {"rounds": 3}})
+    >>> cfg.experiment.rounds
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from fedai.errors import ConfigError
+
+PartitionName = Literal["iid", "dirichlet", "shards"]
+PrivacyMode = Literal["none", "local", "local+user"]
+AccountantName = Literal["rdp", "prv"]
+GradSampleMode = Literal["hooks", "ew"]
+SecureScheme = Literal["none", "ckks", "paillier"]
+OptimizerName = Literal["sgd", "adam"]
+
+
+def _problems_range(name: str, value: float, lo: float | None, hi: float | None,
+                    *, lo_open: bool = False, hi_open: bool = False) -> list[str]:
+    """Return a one-element problem list if ``value`` lies outside [lo, hi] (or open ends)."""
+    bad = (
+        (lo is not None and (value <= lo if lo_open else value < lo))
+        or (hi is not None and (value >= hi if hi_open else value > hi))
+        or (isinstance(value, float) and math.isnan(value))
+    )
+    if not bad:
+        return []
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    lo_s = "-inf" if lo is None else f"{lo:g}"
+    hi_s = "inf" if hi is None else f"{hi:g}"
+    return [f"{name} must be in {left}{lo_s}, {hi_s}{right}; got {value!r}"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentSection:
+    """``[experiment]``: identity and shape of the federation."""
+
+    name: str = "experiment"
+    seed: int = 0
+    rounds: int = 20
+    num_clients: int = 10
+    clients_per_round: int = 10
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("experiment.rounds", self.rounds, 1, 100_000)
+        out += _problems_range("experiment.num_clients", self.num_clients, 1, 100_000)
+        out += _problems_range("experiment.clients_per_round", self.clients_per_round, 1,
+                               self.num_clients)
+        if not self.name or any(c in self.name for c in "/\\\0"):
+            out.append(f"experiment.name must be a non-empty name without slashes; got "
+                       f"{self.name!r}")
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataSection:
+    """``[data]``: where samples come from and how they are split across clients.
+
+    ``dataset`` is one of ``digits``, ``breast_cancer``, ``synthetic`` (FedProx
+    Synthetic(alpha, beta), its own natural split), ``csv:PATH``, ``npz:PATH`` or
+    ``hub:NAME`` (``mnist``, ``cifar10``, ``femnist``; needs the ``hub`` extra).
+    """
+
+    dataset: str = "digits"
+    partition: PartitionName = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    test_fraction: float = 0.2
+    label_column: str = "label"
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    synthetic_dim: int = 60
+    synthetic_classes: int = 10
+    min_samples: int = 2
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("data.alpha", self.alpha, 0, None, lo_open=True)
+        out += _problems_range("data.shards_per_client", self.shards_per_client, 1, 10_000)
+        out += _problems_range("data.test_fraction", self.test_fraction, 0, 1,
+                               lo_open=True, hi_open=True)
+        out += _problems_range("data.synthetic_alpha", self.synthetic_alpha, 0, None)
+        out += _problems_range("data.synthetic_beta", self.synthetic_beta, 0, None)
+        out += _problems_range("data.synthetic_dim", self.synthetic_dim, 1, 100_000)
+        out += _problems_range("data.synthetic_classes", self.synthetic_classes, 2, 10_000)
+        out += _problems_range("data.min_samples", self.min_samples, 2, None)
+        known = ("digits", "breast_cancer", "synthetic")
+        if not (self.dataset in known or self.dataset.split(":", 1)[0] in ("csv", "npz", "hub")):
+            out.append("data.dataset must be one of digits, breast_cancer, synthetic, "
+                       f"csv:PATH, npz:PATH, hub:NAME; got {self.dataset!r}")
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSection:
+    """``[model]``: which registered model to train (see :mod:`fedai.models`)."""
+
+    name: str = "mlp"
+    hidden: int = 128
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("model.hidden", self.hidden, 1, 65_536)
+        from fedai.models import MODEL_NAMES  # local import: models imports torch
+
+        if self.name not in MODEL_NAMES:
+            out.append(f"model.name must be one of {', '.join(MODEL_NAMES)}; got {self.name!r}")
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainSection:
+    """``[train]``: the local optimisation each client runs per round."""
+
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    optimizer: OptimizerName = "sgd"
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("train.local_epochs", self.local_epochs, 1, 10_000)
+        out += _problems_range("train.batch_size", self.batch_size, 1, 1_000_000)
+        out += _problems_range("train.lr", self.lr, 0, 100, lo_open=True)
+        out += _problems_range("train.momentum", self.momentum, 0, 1, hi_open=True)
+        out += _problems_range("train.weight_decay", self.weight_decay, 0, 10)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacySection:
+    """``[privacy]``: local DP-SGD (Opacus) and optional user-level DP of the aggregate.
+
+    ``mode = "none"`` trains without privacy. ``local`` runs DP-SGD on every client with
+    either a fixed ``noise_multiplier`` or a ``target_epsilon`` that calibrates sigma per
+    client for the planned rounds. ``local+user`` additionally clips each client's whole
+    update to ``user_clipping_norm`` and adds distributed Gaussian noise so that the sum
+    carries ``user_noise_multiplier * user_clipping_norm``.
+    """
+
+    mode: PrivacyMode = "none"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float | None = None
+    accountant: AccountantName = "rdp"
+    budget_epsilon: float | None = None
+    grad_sample_mode: GradSampleMode = "hooks"
+    secure_mode: bool = False
+    user_clipping_norm: float = 1.0
+    user_noise_multiplier: float = 1.0
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out: list[str] = []
+        if self.noise_multiplier is not None:
+            out += _problems_range("privacy.noise_multiplier", self.noise_multiplier, 0, None,
+                                   lo_open=True)
+        if self.target_epsilon is not None:
+            out += _problems_range("privacy.target_epsilon", self.target_epsilon, 0, None,
+                                   lo_open=True)
+        if self.budget_epsilon is not None:
+            out += _problems_range("privacy.budget_epsilon", self.budget_epsilon, 0, None,
+                                   lo_open=True)
+        if self.delta is not None:
+            out += _problems_range("privacy.delta", self.delta, 0, 1, lo_open=True, hi_open=True)
+        out += _problems_range("privacy.max_grad_norm", self.max_grad_norm, 0, None,
+                               lo_open=True)
+        out += _problems_range("privacy.user_clipping_norm", self.user_clipping_norm, 0, None,
+                               lo_open=True)
+        out += _problems_range("privacy.user_noise_multiplier", self.user_noise_multiplier, 0,
+                               None, lo_open=True)
+        if self.mode != "none" and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            out.append("privacy: exactly one of privacy.noise_multiplier and "
+                       f"privacy.target_epsilon must be set when mode is {self.mode!r}; got "
+                       f"noise_multiplier={self.noise_multiplier!r}, "
+                       f"target_epsilon={self.target_epsilon!r}")
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecureAggregationSection:
+    """``[secure_aggregation]``: homomorphic secure aggregation.
+
+    ``scheme = "none"`` aggregates in the clear. ``ckks`` (TenSEAL) and ``paillier``
+    (``phe``) need a key directory made by ``fedai keys create``: clients read the secret
+    bundle, the coordinator only the public one.
+    """
+
+    scheme: SecureScheme = "none"
+    key_dir: str = ""
+    update_bound: float = 100.0
+    round_decimals: int = 6
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("secure_aggregation.update_bound", self.update_bound, 0, None,
+                              lo_open=True)
+        out += _problems_range("secure_aggregation.round_decimals", self.round_decimals, 1, 12)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditSection:
+    """``[audit]``: membership-inference audit of the trained model."""
+
+    attacks: str = "loss,lira"
+    shadow_models: int = 4
+    member_fraction: float = 0.5
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("audit.shadow_models", self.shadow_models, 1, 256)
+        out += _problems_range("audit.member_fraction", self.member_fraction, 0, 1,
+                               lo_open=True, hi_open=True)
+        return out
+
+
+_SectionT = TypeVar("_SectionT")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentConfig:
+    """A complete, validated experiment configuration."""
+
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
+    secure_aggregation: SecureAggregationSection = field(
+        default_factory=SecureAggregationSection)
+    audit: AuditSection = field(default_factory=AuditSection)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for f in dataclasses.fields(self):
+            problems += getattr(self, f.name).problems()
+        if problems:
+            raise ConfigError(problems)
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> ExperimentConfig:
+        """Build from a nested mapping ``{section: {key: value}}`` (e.g. parsed TOML).
+
+        Raises:
+            ConfigError: listing every unknown key, wrong type and out-of-range value.
+        """
+        problems: list[str] = []
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"config must be a table of sections; got {type(mapping).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        built: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if key not in sections:
+                problems.append(f"unknown section [{key}]; expected one of "
+                                f"{', '.join(sorted(sections))}")
+                continue
+            if not isinstance(value, Mapping):
+                problems.append(f"[{key}] must be a table; got {value!r}")
+                continue
+            section_type = _section_types()[key]
+            kwargs, section_problems = _coerce_section(key, section_type, value)
+            problems += section_problems
+            if not section_problems:
+                try:
+                    built[key] = section_type(**kwargs)
+                except ConfigError as err:  # pragma: no cover - sections validate lazily
+                    problems += err.problems
+        if problems:
+            raise ConfigError(problems)
+        return cls(**built)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+        """Load a TOML experiment file, then apply ``section.key=value`` overrides.
+
+        Raises:
+            ConfigError: if the file is missing, is not TOML, or holds invalid values.
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"config file {str(p)!r} cannot be read: {err.strerror}") from err
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {err}") from err
+        return cls.from_mapping(apply_overrides(data, overrides or []))
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> ExperimentConfig:
+        """Build from Flower's flat ``run_config`` (``{"train.lr": 0.1, ...}``).
+
+        A ``config-file`` key names an experiment TOML that the other keys override.
+        """
+        base: dict[str, Any] = {}
+        rest = dict(flat)
+        config_file = rest.pop("config-file", None)
+        if isinstance(config_file, str) and config_file:
+            try:
+                base = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as err:
+                raise ConfigError(f"run_config config-file {config_file!r} cannot be loaded: "
+                                  f"{err}") from err
+        problems = []
+        for key, value in rest.items():
+            section, _, name = key.partition(".")
+            if not name:
+                problems.append(f"run_config key {key!r} must look like section.key")
+                continue
+            base.setdefault(section, {})
+            if isinstance(base[section], dict):
+                base[section][name] = value
+        if problems:
+            raise ConfigError(problems)
+        return cls.from_mapping(base)
+
+    # ------------------------------------------------------------------ views
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Return the nested plain-dict form (``None`` values kept)."""
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """Return Flower's flat form; ``None`` values are omitted (run_config has no null)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                if value is not None:
+                    flat[f"{section}.{key}"] = value
+        return flat
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (round-trips through :meth:`from_json`)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        """Parse the output of :meth:`to_json`, dropping ``None`` values."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config JSON is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config JSON must be an object; got {type(data).__name__}")
+        cleaned = {s: {k: v for k, v in vals.items() if v is not None}
+                   if isinstance(vals, dict) else vals for s, vals in data.items()}
+        return cls.from_mapping(cleaned)
+
+    def replace(self, **sections: Any) -> ExperimentConfig:
+        """Return a copy with whole sections replaced (``cfg.replace(train=...)``)."""
+        return dataclasses.replace(self, **sections)
+
+
+def _section_types() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(ExperimentConfig)
+    return {name: hints[name] for name in (f.name for f in dataclasses.fields(ExperimentConfig))}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
+    """Return (ok, coerced value) for ``value`` against annotation ``tp``."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        for arg in get_args(tp):
+            if arg is type(None):
+                continue
+            ok, out = _coerce(arg, value)
+            if ok:
+                return True, out
+        return False, value
+    if origin is Literal:
+        return (value in get_args(tp) and isinstance(value, str)), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False, value
+        return (not math.isnan(float(value))), float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value  # pragma: no cover - every field uses the types above
+
+
+def _coerce_section(section: str, section_type: type[_SectionT],
+                    values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    hints = typing.get_type_hints(section_type)
+    names = [f.name for f in dataclasses.fields(section_type)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in values.items():
+        if key not in names:
+            problems.append(f"unknown key {section}.{key}; expected one of {', '.join(names)}")
+            continue
+        ok, coerced = _coerce(hints[key], value)
+        if not ok:
+            problems.append(f"{section}.{key} must be {_type_name(hints[key])}; got {value!r}")
+            continue
+        kwargs[key] = coerced
+    if not problems:
+        try:
+            section_type(**kwargs)
+        except ConfigError as err:  # pragma: no cover - sections validate in problems()
+            problems += err.problems
+        else:
+            problems += section_type(**kwargs).problems()  # type: ignore[attr-defined]
+    return kwargs, problems
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value``; the value is read as TOML, else as a bare string.
+
+    Raises:
+        ConfigError: if ``text`` is not of the form ``section.key=value``.
+    """
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"--set expects section.key=value; got {text!r}")
+    raw = raw.strip()
+    try:
+        value: Any = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, name, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of nested ``data`` with every ``section.key=value`` override applied."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"[{section}] must be a table; got {target!r}")
+        target[name] = value
+    return out
+
+
+__all__ = [
+    "AuditSection",
+    "DataSection",
+    "ExperimentConfig",
+    "ExperimentSection",
+    "ModelSection",
+    "PrivacySection",
+    "SecureAggregationSection",
+    "TrainSection",
+    "apply_overrides",
+    "parse_override",
+]

@@ -1,0 +1,87 @@
+"""The fedai error tree.
+
+Every boundary that reads untrusted input (configs, data files, key files, ciphertexts,
+network requests) raises one of these. Messages follow the pattern *name, expectation,
+value*: ``"data.alpha must be > 0; got -1.0"``. Only the glue (CLI, ServerApp, ClientApp,
+gRPC service) translates them into exit codes or error replies.
+"""
+
+from __future__ import annotations
+
+
+class FedAIError(Exception):
+    """Base class of every error fedai raises on purpose."""
+
+
+class ConfigError(FedAIError, ValueError):
+    """An experiment configuration is invalid (unknown key, wrong type, out of range)."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DataError(FedAIError, ValueError):
+    """A data source or data file cannot be used (missing, unreadable, malformed)."""
+
+
+class PartitionError(DataError):
+    """A partitioning would leave a client without samples or is otherwise impossible."""
+
+
+class ModelError(FedAIError, ValueError):
+    """Unknown model name, or a model that cannot be built for the given data shape."""
+
+
+class InvalidPrivacyParameterError(FedAIError, ValueError):
+    """A privacy parameter lies outside its mathematical domain (e.g. delta not in (0, 1))."""
+
+
+class PrivacyBudgetExceededError(FedAIError):
+    """Training one more round would push a client's epsilon past its budget."""
+
+
+class LedgerError(FedAIError):
+    """A stored privacy ledger / accountant history is unreadable or inconsistent."""
+
+
+class KeyFileError(FedAIError, ValueError):
+    """A key bundle file is missing, unreadable, malformed or of the wrong kind."""
+
+
+class KeyMismatchError(FedAIError):
+    """An encrypted payload was produced under a different key (fingerprint mismatch)."""
+
+
+class CorruptPayloadError(FedAIError, ValueError):
+    """An encrypted payload is malformed, truncated, or decrypts outside its bounds."""
+
+
+class InsecureParametersError(FedAIError, ValueError):
+    """Cryptographic parameters below the required security level."""
+
+
+class ProtocolError(FedAIError):
+    """A federated protocol message is missing, out of order or inconsistent."""
+
+
+class InferenceError(FedAIError, ValueError):
+    """An encrypted-inference request cannot be served (bad shape, bad context, ...)."""
+
+
+__all__ = [
+    "ConfigError",
+    "CorruptPayloadError",
+    "DataError",
+    "FedAIError",
+    "InferenceError",
+    "InsecureParametersError",
+    "InvalidPrivacyParameterError",
+    "KeyFileError",
+    "KeyMismatchError",
+    "LedgerError",
+    "ModelError",
+    "PartitionError",
+    "PrivacyBudgetExceededError",
+    "ProtocolError",
+]
