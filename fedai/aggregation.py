@@ -1,0 +1,122 @@
+"""The aggregation seam: what clients encode, what the coordinator sums, what clients decode.
+
+fedai aggregates *weighted contributions*, the same way in every scheme:
+
+1. each sampled client ``i`` trains from the current global model to local weights
+   ``w_i`` and encodes ``n_i * w_i`` (``n_i`` its aggregation weight, e.g. example count)
+   with :meth:`ClientCodec.encode`;
+2. the coordinator only **adds** payloads (:meth:`SecureSum.sum`) and keeps the sum and
+   the total weight ``N = sum(n_i)``; it never multiplies or divides;
+3. clients receive ``(sum, N)`` and :meth:`ClientCodec.decode` it to ``sum / N``, the
+   FedAvg model, checking bounds before they use it.
+
+In the clear (:class:`PlainSum` / :class:`PlainCodec`) this is plain FedAvg. Secure schemes
+(CKKS, Paillier, in :mod:`fedai.crypto`) implement the same two protocols on ciphertext
+bytes carried as ``uint8`` arrays, so the coordinator holds no plaintext update or model.
+The round-1 model is never sent: every party builds it from the experiment seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from fedai.errors import CorruptPayloadError
+
+Payload = list[np.ndarray]
+Shapes = Sequence[tuple[int, ...]]
+
+
+class SecureSum(Protocol):
+    """Coordinator side: validates and adds payloads. Holds no secret key."""
+
+    name: str
+
+    def check(self, payload: Payload) -> None:
+        """Raise a typed error if ``payload`` cannot be summed (wrong key, corrupt, ...)."""
+
+    def sum(self, payloads: Sequence[Payload]) -> Payload:
+        """Return the homomorphic (or plain) sum of already-checked payloads."""
+
+
+class ClientCodec(Protocol):
+    """Client side: encodes weighted weights and decodes the aggregate."""
+
+    name: str
+
+    def encode(self, weights: Sequence[np.ndarray], weight: float) -> Payload:
+        """Return the payload for ``weight * weights``."""
+
+    def decode(self, payload: Payload, total_weight: float, shapes: Shapes) -> list[np.ndarray]:
+        """Return ``payload / total_weight`` as arrays of ``shapes``; bounds-checked."""
+
+
+def _check_arrays(payload: Payload, what: str) -> None:
+    if not payload:
+        raise CorruptPayloadError(f"{what} must hold at least one array; got none")
+    for i, a in enumerate(payload):
+        if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
+            raise CorruptPayloadError(f"{what} array {i} must be a float array; got "
+                                      f"{getattr(a, 'dtype', type(a))}")
+        if not np.all(np.isfinite(a)):
+            raise CorruptPayloadError(f"{what} array {i} must be finite; got NaN or inf")
+
+
+class PlainSum:
+    """Sums float payloads in the clear (float64). The coordinator sees the model."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        self._shapes: list[tuple[int, ...]] | None = None
+
+    def check(self, payload: Payload) -> None:
+        """Raise :class:`CorruptPayloadError` on non-float, non-finite or mismatched arrays."""
+        _check_arrays(payload, "plain payload")
+
+    def sum(self, payloads: Sequence[Payload]) -> Payload:
+        """Return the element-wise float64 sum; shapes must agree."""
+        if not payloads:
+            raise CorruptPayloadError("sum needs at least one payload; got none")
+        shapes = [a.shape for a in payloads[0]]
+        out = [np.zeros(s, dtype=np.float64) for s in shapes]
+        for p in payloads:
+            if [a.shape for a in p] != shapes:
+                raise CorruptPayloadError(f"payload shapes must be {shapes}; got "
+                                          f"{[a.shape for a in p]}")
+            for acc, a in zip(out, p, strict=True):
+                acc += a
+        return out
+
+
+class PlainCodec:
+    """Client codec for the clear: ``encode = n * w`` (float64), ``decode = sum / N``."""
+
+    name = "none"
+
+    def __init__(self, *, bound: float = 1e6) -> None:
+        self.bound = bound
+
+    def encode(self, weights: Sequence[np.ndarray], weight: float) -> Payload:
+        """Return ``weight * w`` for each array, in float64."""
+        return [np.asarray(w, dtype=np.float64) * float(weight) for w in weights]
+
+    def decode(self, payload: Payload, total_weight: float, shapes: Shapes) -> list[np.ndarray]:
+        """Return ``payload / total_weight`` as float32 arrays, checking shapes and bounds."""
+        if not total_weight > 0:
+            raise CorruptPayloadError(f"total weight must be > 0; got {total_weight!r}")
+        _check_arrays(payload, "aggregate")
+        if [tuple(a.shape) for a in payload] != [tuple(s) for s in shapes]:
+            raise CorruptPayloadError(f"aggregate shapes must be {list(shapes)}; got "
+                                      f"{[a.shape for a in payload]}")
+        out = [(a / total_weight).astype(np.float32) for a in payload]
+        worst = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in out)
+        if worst > self.bound:
+            raise CorruptPayloadError(f"aggregate values must be within +-{self.bound:g}; "
+                                      f"got {worst:g}")
+        return out
+
+
+__all__ = ["ClientCodec", "Payload", "PlainCodec", "PlainSum", "SecureSum", "Shapes"]
