@@ -1,0 +1,92 @@
+"""Local training and evaluation loops (plain, non-private).
+
+DP-SGD training lives in :mod:`fedai.privacy`; this module is the non-private baseline
+and the shared evaluation loop. Randomness (shuffling) comes from an injected
+``torch.Generator`` so that a client's round is reproducible from the experiment seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedai.config import TrainSection
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """Loss (mean cross-entropy) and accuracy on ``num_examples`` samples."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def make_loader(x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None = None) -> DataLoader[tuple[torch.Tensor, ...]]:
+    """Return a DataLoader over float32 features and int64 labels."""
+    ds = TensorDataset(torch.as_tensor(x, dtype=torch.float32),
+                       torch.as_tensor(y, dtype=torch.int64))
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def make_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.Optimizer:
+    """Build the optimizer named in ``train``."""
+    if train.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                           weight_decay=train.weight_decay)
+
+
+def train_epochs(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]],
+                 optimizer: torch.optim.Optimizer, *, epochs: int) -> tuple[float, int]:
+    """Train ``model`` in place; return (mean training loss of the last epoch, steps taken)."""
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    steps = 0
+    last = 0.0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for xb, yb in loader:
+            if len(yb) == 0:
+                continue
+            optimizer.zero_grad()
+            loss = criterion(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            total += float(loss.detach()) * len(yb)
+            count += len(yb)
+        last = total / max(count, 1)
+    return last, steps
+
+
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, train: TrainSection, *,
+                seed: int) -> tuple[float, int]:
+    """Non-private local training of ``model`` on (x, y); returns (loss, steps)."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = make_loader(x, y, batch_size=train.batch_size, shuffle=True, generator=gen)
+    return train_epochs(model, loader, make_optimizer(model, train), epochs=train.local_epochs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
+             ) -> EvalResult:
+    """Return mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct = 0.0, 0
+    for xb, yb in make_loader(x, y, batch_size=batch_size, shuffle=False):
+        out = model(xb)
+        loss += float(criterion(out, yb))
+        correct += int((out.argmax(dim=1) == yb).sum())
+    n = len(y)
+    return EvalResult(loss / max(n, 1), correct / max(n, 1), n)
+
+
+__all__ = ["EvalResult", "evaluate", "make_loader", "make_optimizer", "train_epochs",
+           "train_local"]
