@@ -1,0 +1,1 @@
+"""fedai's Flower ClientApp: node config -> local data -> (DP) training -> encode."""

@@ -1,0 +1,180 @@
+"""fedai's ClientApp (Flower Message API).
+
+Each message carries the experiment config (JSON) from the coordinator. The node's own
+settings come from ``node_config``: ``partition-id``/``num-partitions`` in simulation, or
+``data-path`` (a local .csv/.npz that never leaves the node), ``client-id``, ``key-dir``
+and ``state-dir`` on a real SuperNode.
+
+The round-1 model is built from the experiment seed; later rounds decode the aggregate
+``(sum, total weight)`` with the scheme's codec (bounds-checked) and reply with the
+encoded weighted contribution ``n * w``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import zlib
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedai.aggregation import ClientCodec
+from fedai.config import ExperimentConfig, SecureAggregationSection
+from fedai.data import ClientData, load_client, load_local_file
+from fedai.errors import CorruptPayloadError, KeyMismatchError, ProtocolError
+from fedai.federation import keys
+from fedai.federation.records import payload_to_record, record_to_payload
+from fedai.models import ModelSpec, build_model, get_weights, set_weights
+from fedai.schemes import client_codec
+from fedai.training import evaluate, train_local
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+# ---------------------------------------------------------------------- node helpers
+def experiment_of(msg: Message) -> ExperimentConfig:
+    """Parse the experiment config the coordinator sent."""
+    config = msg.content.config_records.get(keys.REC_CONFIG)
+    if config is None or keys.KEY_EXPERIMENT not in config:
+        raise ProtocolError(f"message must carry ConfigRecord {keys.REC_CONFIG!r} with "
+                            f"{keys.KEY_EXPERIMENT!r}")
+    return ExperimentConfig.from_json(str(config[keys.KEY_EXPERIMENT]))
+
+
+def client_id_of(context: Context) -> str:
+    """The node's stable identity: ``client-id``, else its partition id, else its node id."""
+    cfg = context.node_config
+    if keys.NODE_CLIENT_ID in cfg:
+        return str(cfg[keys.NODE_CLIENT_ID])
+    if keys.NODE_PARTITION_ID in cfg:
+        return str(cfg[keys.NODE_PARTITION_ID])
+    return str(context.node_id)
+
+
+def data_of(context: Context, cfg: ExperimentConfig) -> ClientData:
+    """Load this node's data: its own file on a real node, its partition in simulation."""
+    node = context.node_config
+    if keys.NODE_DATA_PATH in node:
+        return _local_file(str(node[keys.NODE_DATA_PATH]), client_id_of(context), cfg.to_json())
+    if keys.NODE_PARTITION_ID not in node:
+        raise ProtocolError(f"node_config must set {keys.NODE_DATA_PATH!r} (a real node) or "
+                            f"{keys.NODE_PARTITION_ID!r} (simulation); got {sorted(node)}")
+    return load_client(cfg, int(node[keys.NODE_PARTITION_ID]))
+
+
+@functools.lru_cache(maxsize=4)
+def _local_file(path: str, client_id: str, config_json: str) -> ClientData:
+    cfg = ExperimentConfig.from_json(config_json)
+    return load_local_file(path, client_id=client_id, data=cfg.data, seed=cfg.experiment.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _codec(section: SecureAggregationSection, key_dir: str | None) -> ClientCodec:
+    return client_codec(section, key_dir=key_dir)
+
+
+def codec_of(context: Context, cfg: ExperimentConfig) -> ClientCodec:
+    """The scheme's client codec; a node's ``key-dir`` overrides the config's."""
+    key_dir = context.node_config.get(keys.NODE_KEY_DIR)
+    return _codec(cfg.secure_aggregation, str(key_dir) if key_dir else None)
+
+
+def round_seed(cfg: ExperimentConfig, client_id: str, round_: int) -> int:
+    """A per-(seed, client, round) seed, identical under every backend."""
+    return zlib.crc32(f"{cfg.experiment.seed}/{client_id}/{round_}".encode())
+
+
+def spec_of(msg: Message, cfg: ExperimentConfig, data: ClientData) -> ModelSpec:
+    """The global model's spec (class count as agreed in discovery)."""
+    config = msg.content.config_records[keys.REC_CONFIG]
+    num_classes = int(config.get(keys.KEY_NUM_CLASSES, data.num_classes))  # type: ignore[arg-type]
+    return ModelSpec(name=cfg.model.name, input_shape=data.input_shape,
+                     num_classes=num_classes, hidden=cfg.model.hidden)
+
+
+def global_model(msg: Message, cfg: ExperimentConfig, spec: ModelSpec,
+                 codec: ClientCodec) -> nn.Module:
+    """Build the round-1 model from the seed, or decode the aggregate the message carries.
+
+    Raises:
+        CorruptPayloadError / KeyMismatchError: the aggregate fails decoding or bounds.
+    """
+    model = build_model(spec, seed=cfg.experiment.seed)
+    config = msg.content.config_records[keys.REC_CONFIG]
+    if bool(config.get(keys.KEY_INIT, False)):
+        return model
+    shapes = [tuple(v.shape) for v in model.state_dict().values()]
+    payload = record_to_payload(msg.content.array_records.get(keys.REC_ARRAYS, ArrayRecord()))
+    total = float(config.get(keys.KEY_TOTAL_WEIGHT, 0.0))  # type: ignore[arg-type]
+    set_weights(model, codec.decode(payload, total, shapes))
+    return model
+
+
+def status_reply(msg: Message, status: str, reason: str, client_id: str) -> Message:
+    """A reply that carries only a status (refused / rejected) and its reason."""
+    return Message(RecordDict({keys.REC_FEDAI: ConfigRecord({
+        keys.KEY_CLIENT_ID: client_id, keys.KEY_STATUS: status, keys.KEY_REASON: reason})}),
+        reply_to=msg)
+
+
+# ---------------------------------------------------------------------- handlers
+@app.query()
+def hello(msg: Message, context: Context) -> Message:
+    """Discovery: report identity and data shape (never the data)."""
+    cfg = experiment_of(msg)
+    data = data_of(context, cfg)
+    return Message(RecordDict({keys.REC_FEDAI: ConfigRecord({
+        keys.KEY_CLIENT_ID: client_id_of(context),
+        keys.KEY_NUM_TRAIN: len(data.y_train), keys.KEY_NUM_TEST: len(data.y_test),
+        keys.KEY_INPUT_SHAPE: "x".join(str(d) for d in data.input_shape),
+        keys.KEY_NUM_CLASSES: data.num_classes})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Decode the global model, train locally, reply with the encoded contribution."""
+    cfg = experiment_of(msg)
+    cid = client_id_of(context)
+    data = data_of(context, cfg)
+    codec = codec_of(context, cfg)
+    round_ = int(msg.content.config_records[keys.REC_CONFIG][keys.KEY_SERVER_ROUND])  # type: ignore[arg-type]
+    spec = spec_of(msg, cfg, data)
+    try:
+        model = global_model(msg, cfg, spec, codec)
+    except (CorruptPayloadError, KeyMismatchError) as err:
+        logger.warning("client %s rejected the aggregate: %s", cid, err)
+        return status_reply(msg, keys.STATUS_REJECTED, str(err), cid)
+    loss, _steps = train_local(model, data.x_train, data.y_train, cfg.train,
+                               seed=round_seed(cfg, cid, round_))
+    n = len(data.y_train)
+    payload = codec.encode(get_weights(model), float(n))
+    return Message(RecordDict({
+        keys.REC_ARRAYS: payload_to_record(payload),
+        keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: n, keys.KEY_TRAIN_LOSS: loss}),
+        keys.REC_FEDAI: ConfigRecord({keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}),
+    }), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Decode the candidate aggregate, bounds-check it, evaluate on the local test split."""
+    cfg = experiment_of(msg)
+    cid = client_id_of(context)
+    data = data_of(context, cfg)
+    spec = spec_of(msg, cfg, data)
+    try:
+        model = global_model(msg, cfg, spec, codec_of(context, cfg))
+    except (CorruptPayloadError, KeyMismatchError) as err:
+        logger.warning("client %s rejected the aggregate: %s", cid, err)
+        return status_reply(msg, keys.STATUS_REJECTED, str(err), cid)
+    res = evaluate(model, data.x_test, data.y_test)
+    return Message(RecordDict({
+        keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: res.num_examples,
+                                        keys.KEY_LOSS: res.loss,
+                                        keys.KEY_ACCURACY: res.accuracy}),
+        keys.REC_FEDAI: ConfigRecord({keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}),
+    }), reply_to=msg)

@@ -1,0 +1,106 @@
+"""Flatten model weights into one float64 vector, split it into slot-sized chunks, and back.
+
+Pure functions, no cryptography: the CKKS codec packs the flat vector into 4096-slot
+ciphertexts (one chunk per ciphertext), and records each array's shape and dtype so the
+aggregate can be rebuilt exactly (the same layout NVFlare's ``HEModelEncryptor`` uses per
+layer, here over the whole model so only the last ciphertext is partly empty).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Float dtypes a payload may record, by item size in bytes.
+FLOAT_DTYPES: dict[int, np.dtype[np.floating]] = {
+    2: np.dtype(np.float16),
+    4: np.dtype(np.float32),
+    8: np.dtype(np.float64),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """Shape and float item size (2, 4 or 8 bytes) of one model array."""
+
+    shape: tuple[int, ...]
+    itemsize: int
+
+    @property
+    def size(self) -> int:
+        """Number of values in the array."""
+        return math.prod(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype[np.floating]:
+        """The numpy float dtype of the array."""
+        return FLOAT_DTYPES[self.itemsize]
+
+
+def flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[ArraySpec]]:
+    """Concatenate float arrays into one new float64 vector.
+
+    Args:
+        arrays: The model's weight arrays, in a fixed order. Not modified.
+
+    Returns:
+        The flat float64 vector and one :class:`ArraySpec` per array.
+
+    Raises:
+        ValueError: An array is not a floating-point array of 2, 4 or 8 byte items.
+    """
+    specs: list[ArraySpec] = []
+    for i, a in enumerate(arrays):
+        arr = np.asarray(a)
+        if arr.dtype.kind != "f" or arr.dtype.itemsize not in FLOAT_DTYPES:
+            raise ValueError(f"weights[{i}] must be a float16/32/64 array; got {arr.dtype}")
+        specs.append(ArraySpec(tuple(int(d) for d in arr.shape), arr.dtype.itemsize))
+    if not arrays:
+        return np.zeros(0, dtype=np.float64), specs
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    return flat, specs
+
+
+def unflatten(flat: np.ndarray, specs: Sequence[ArraySpec]) -> list[np.ndarray]:
+    """Split a flat vector back into arrays of the recorded shapes and dtypes.
+
+    Args:
+        flat: A vector of exactly ``sum(spec.size)`` values.
+        specs: The layout returned by :func:`flatten`.
+
+    Returns:
+        New arrays, one per spec, cast to the recorded dtype.
+
+    Raises:
+        ValueError: ``flat`` does not hold exactly the number of values the specs need.
+    """
+    total = sum(s.size for s in specs)
+    if flat.ndim != 1 or flat.size != total:
+        raise ValueError(f"flat vector must hold {total} values; got shape {flat.shape}")
+    out: list[np.ndarray] = []
+    start = 0
+    for s in specs:
+        out.append(flat[start : start + s.size].reshape(s.shape).astype(s.dtype))
+        start += s.size
+    return out
+
+
+def chunk_bounds(n_values: int, slots: int) -> list[tuple[int, int]]:
+    """Return ``[start, stop)`` bounds that split ``n_values`` into chunks of ``slots``.
+
+    Args:
+        n_values: Length of the flat vector (>= 0).
+        slots: Values per ciphertext (CKKS: ``poly_modulus_degree / 2``), > 0.
+
+    Returns:
+        ``ceil(n_values / slots)`` consecutive bounds; only the last chunk may be short.
+    """
+    if slots <= 0:
+        raise ValueError(f"slots must be > 0; got {slots}")
+    return [(lo, min(lo + slots, n_values)) for lo in range(0, n_values, slots)]
+
+
+__all__ = ["FLOAT_DTYPES", "ArraySpec", "chunk_bounds", "flatten", "unflatten"]

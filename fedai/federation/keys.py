@@ -1,0 +1,51 @@
+"""Keys of the records fedai's ServerApp and ClientApp exchange (one place, never retyped)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Message types (Flower categories).
+MSG_QUERY: Final = "query"
+MSG_TRAIN: Final = "train"
+MSG_EVALUATE: Final = "evaluate"
+
+# RecordDict entries.
+REC_ARRAYS: Final = "arrays"  # ArrayRecord: the (possibly encrypted) payload
+REC_CONFIG: Final = "config"  # ConfigRecord: instructions from the coordinator
+REC_METRICS: Final = "metrics"  # MetricRecord: numbers in a reply
+REC_FEDAI: Final = "fedai"  # ConfigRecord: client identity, status, privacy history
+
+# ConfigRecord keys sent by the coordinator.
+KEY_SERVER_ROUND: Final = "server-round"
+KEY_EXPERIMENT: Final = "fedai.experiment"  # the experiment config as JSON
+KEY_INIT: Final = "fedai.init"  # True: build the round-1 model from the seed, no payload
+KEY_TOTAL_WEIGHT: Final = "fedai.total-weight"  # the aggregate's total weight
+KEY_NUM_SAMPLED: Final = "fedai.num-sampled"  # clients sampled this round (user-level DP)
+KEY_RUN_ID: Final = "fedai.run-id"
+
+# Reply keys.
+KEY_NUM_EXAMPLES: Final = "num-examples"
+KEY_LOSS: Final = "loss"
+KEY_ACCURACY: Final = "accuracy"
+KEY_TRAIN_LOSS: Final = "train-loss"
+KEY_CLIENT_ID: Final = "fedai.client-id"
+KEY_STATUS: Final = "fedai.status"
+KEY_REASON: Final = "fedai.reason"
+KEY_INPUT_SHAPE: Final = "fedai.input-shape"
+KEY_NUM_CLASSES: Final = "fedai.num-classes"
+KEY_NUM_TRAIN: Final = "fedai.num-train"
+KEY_NUM_TEST: Final = "fedai.num-test"
+KEY_PRIVACY: Final = "fedai.privacy"  # JSON: the client's privacy report (epsilon, history)
+
+# Reply statuses.
+STATUS_OK: Final = "ok"
+STATUS_REFUSED: Final = "refused"  # the client will not train (privacy budget exhausted)
+STATUS_REJECTED: Final = "rejected"  # the client rejected the aggregate (bounds check)
+
+# node_config keys (set by Flower in simulation, by the operator on a real SuperNode).
+NODE_PARTITION_ID: Final = "partition-id"
+NODE_NUM_PARTITIONS: Final = "num-partitions"
+NODE_DATA_PATH: Final = "data-path"
+NODE_CLIENT_ID: Final = "client-id"
+NODE_STATE_DIR: Final = "state-dir"
+NODE_KEY_DIR: Final = "key-dir"

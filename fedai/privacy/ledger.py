@@ -1,0 +1,477 @@
+"""The privacy ledger: one client's DP-SGD history across rounds, restarts and budgets.
+
+A Flower ClientApp object is rebuilt every round, and an on-prem agent can restart, so
+the accountant state cannot live in a ``PrivacyEngine``. Instead each client keeps a
+:class:`PrivacyLedger` of ``(noise_multiplier, sample_rate, steps)`` events, one per round
+it trained, and computes its cumulative epsilon from the *whole* history with an Opacus
+accountant (RDP, Mironov 2017; PRV, Gopi et al. 2021). The ledger is plain data:
+``to_dict``/``from_dict`` for Flower's ``Context.state``, and :meth:`PrivacyLedger.save` /
+:meth:`PrivacyLedger.load` (atomic write: temp file, ``fsync``, ``os.replace``) for a real
+node. A corrupt file raises :class:`~fedai.errors.LedgerError` naming it; a ledger is
+never reset silently.
+
+Budgets follow dp_accounting's dry-run-then-commit pattern: :meth:`~PrivacyLedger.check`
+computes the epsilon the next round *would* reach and refuses (marking the ledger
+exhausted) before any training; :meth:`~PrivacyLedger.record` commits the event that
+actually ran.
+
+Example:
+    >>> ledger = PrivacyLedger(client_id="c0", delta=1e-5, budget_epsilon=8.0)
+    >>> _ = ledger.check(DpSgdEvent(1.0, 0.05, 40))
+    >>> entry = ledger.record(round=1, event=DpSgdEvent(1.0, 0.05, 40))
+    >>> 0 < entry.epsilon < 8
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedai.errors import InvalidPrivacyParameterError, LedgerError, PrivacyBudgetExceededError
+from fedai.privacy.accounting import (
+    ACCOUNTANTS,
+    DpSgdEvent,
+    check_delta,
+    check_event,
+    check_positive,
+    epsilon_from_history,
+)
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FORMAT = "fedai.privacy-ledger"
+LEDGER_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerEntry:
+    """One round a client trained: the event it ran and the cumulative epsilon after it.
+
+    Attributes:
+        round: the federated round number (>= 1).
+        noise_multiplier: DP-SGD sigma used in that round.
+        sample_rate: Poisson sampling rate ``q`` used in that round.
+        steps: optimizer steps (noisy gradient releases) in that round.
+        epsilon: cumulative epsilon of every entry up to and including this one.
+        delta: the delta ``epsilon`` is stated at.
+        accountant: the accountant that computed ``epsilon`` (``rdp`` or ``prv``).
+    """
+
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epsilon: float
+    delta: float
+    accountant: str
+
+    @property
+    def event(self) -> DpSgdEvent:
+        """The ``(noise_multiplier, sample_rate, steps)`` triple of this round."""
+        return DpSgdEvent(self.noise_multiplier, self.sample_rate, self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {
+            "round": self.round,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "accountant": self.accountant,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LedgerEntry:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            LedgerError: missing keys or values outside their domain.
+        """
+        try:
+            event = check_event(
+                (data["noise_multiplier"], data["sample_rate"], data["steps"]),
+                where="ledger entry",
+            )
+            rnd = data["round"]
+            eps = data["epsilon"]
+            delta = check_delta(data["delta"], name="ledger entry.delta")
+            accountant = data["accountant"]
+        except (KeyError, TypeError) as err:
+            raise LedgerError(f"ledger entry must have round, noise_multiplier, sample_rate, "
+                              f"steps, epsilon, delta, accountant; got {data!r}") from err
+        except InvalidPrivacyParameterError as err:
+            raise LedgerError(str(err)) from err
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
+            raise LedgerError(f"ledger entry.round must be an integer >= 1; got {rnd!r}")
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
+            raise LedgerError(f"ledger entry.epsilon must be a number >= 0; got {eps!r}")
+        if accountant not in ACCOUNTANTS:
+            raise LedgerError(f"ledger entry.accountant must be one of rdp, prv; got "
+                              f"{accountant!r}")
+        return cls(round=rnd, noise_multiplier=event.noise_multiplier,
+                   sample_rate=event.sample_rate, steps=event.steps, epsilon=float(eps),
+                   delta=delta, accountant=str(accountant))
+
+
+class PrivacyLedger:
+    """One client's cumulative sample-level privacy spend.
+
+    Args:
+        client_id: the client (partition / node) this ledger belongs to.
+        delta: the delta epsilon is stated at, in (0, 1).
+        accountant: ``"rdp"`` (Mironov 2017) or ``"prv"`` (Gopi et al. 2021).
+        budget_epsilon: the client's cap; ``None`` means no cap.
+        entries: previously recorded rounds (e.g. restored from disk).
+        exhausted: whether a previous round was refused for budget.
+
+    Raises:
+        InvalidPrivacyParameterError: bad delta, accountant or budget.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        delta: float,
+        accountant: str = "rdp",
+        budget_epsilon: float | None = None,
+        entries: Iterable[LedgerEntry] = (),
+        exhausted: bool = False,
+    ) -> None:
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidPrivacyParameterError(
+                f"client_id must be a non-empty string; got {client_id!r}"
+            )
+        if accountant not in ACCOUNTANTS:
+            raise InvalidPrivacyParameterError(
+                f"accountant must be one of rdp, prv; got {accountant!r}"
+            )
+        self._client_id = client_id
+        self._delta = check_delta(delta)
+        self._accountant = accountant
+        self._budget = (
+            None if budget_epsilon is None else check_positive(budget_epsilon,
+                                                               name="budget_epsilon")
+        )
+        self._entries: list[LedgerEntry] = list(entries)
+        self._exhausted = bool(exhausted)
+        self._cache: dict[tuple[int, float, str], float] = {}
+
+    # ------------------------------------------------------------------ views
+    @property
+    def client_id(self) -> str:
+        """The client this ledger belongs to."""
+        return self._client_id
+
+    @property
+    def delta(self) -> float:
+        """The delta epsilon is stated at."""
+        return self._delta
+
+    @property
+    def accountant(self) -> str:
+        """The accountant name (``rdp`` or ``prv``)."""
+        return self._accountant
+
+    @property
+    def budget_epsilon(self) -> float | None:
+        """The client's epsilon cap, or ``None``."""
+        return self._budget
+
+    @property
+    def exhausted(self) -> bool:
+        """True once a round was refused because it would exceed the budget."""
+        return self._exhausted
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        """Every recorded round, oldest first."""
+        return tuple(self._entries)
+
+    @property
+    def history(self) -> list[DpSgdEvent]:
+        """The ``(noise_multiplier, sample_rate, steps)`` events, oldest first."""
+        return [e.event for e in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (f"PrivacyLedger(client_id={self._client_id!r}, rounds={len(self._entries)}, "
+                f"epsilon={self.epsilon():.4g}, delta={self._delta:g}, "
+                f"accountant={self._accountant!r}, budget_epsilon={self._budget!r}, "
+                f"exhausted={self._exhausted})")
+
+    # ------------------------------------------------------------------ accounting
+    def epsilon(self, *, delta: float | None = None, accountant: str | None = None) -> float:
+        """Return the cumulative epsilon of the whole history.
+
+        Args:
+            delta: defaults to the ledger's delta.
+            accountant: defaults to the ledger's accountant.
+        """
+        d = self._delta if delta is None else check_delta(delta)
+        a = self._accountant if accountant is None else accountant
+        key = (len(self._entries), d, a)
+        if key not in self._cache:
+            self._cache[key] = epsilon_from_history(self.history, delta=d, accountant=a)
+        return self._cache[key]
+
+    def projected_epsilon(self, event: DpSgdEvent | Sequence[float]) -> float:
+        """Return the epsilon the history would reach with ``event`` added (dry run)."""
+        ev = check_event(event, where="next round")
+        return epsilon_from_history([*self.history, ev], delta=self._delta,
+                                    accountant=self._accountant)
+
+    def would_exceed(self, event: DpSgdEvent | Sequence[float]) -> bool:
+        """Return True if adding ``event`` would push epsilon past the budget."""
+        if self._budget is None:
+            return False
+        return self.projected_epsilon(event) > self._budget
+
+    def check(self, event: DpSgdEvent | Sequence[float]) -> float:
+        """Refuse a round that would exceed the budget; return the projected epsilon.
+
+        Call this before training. A refusal marks the ledger exhausted (persist it).
+
+        Raises:
+            PrivacyBudgetExceededError: the ledger is already exhausted, or the round would
+                push epsilon past ``budget_epsilon``.
+        """
+        if self._exhausted:
+            raise PrivacyBudgetExceededError(
+                f"client {self._client_id!r} has exhausted its privacy budget "
+                f"(epsilon {self.epsilon():.4g} of budget {self._budget!r} at delta "
+                f"{self._delta:g}, {self._accountant}); it will not train again"
+            )
+        projected = self.projected_epsilon(event)
+        if self._budget is not None and projected > self._budget:
+            self._exhausted = True
+            raise PrivacyBudgetExceededError(
+                f"client {self._client_id!r}: next round (sigma={event[0]:.4g}, "
+                f"q={event[1]:.4g}, steps={event[2]}) would raise epsilon from "
+                f"{self.epsilon():.4g} to {projected:.4g}, past budget_epsilon "
+                f"{self._budget:g} at delta {self._delta:g} ({self._accountant}); refusing"
+            )
+        return projected
+
+    def record(self, *, round: int, event: DpSgdEvent | Sequence[float]) -> LedgerEntry:  # noqa: A002
+        """Commit a round that ran; return its entry with the cumulative epsilon.
+
+        Recording never refuses: once noisy gradients were computed the privacy is spent.
+        Check the budget with :meth:`check` first.
+
+        Raises:
+            InvalidPrivacyParameterError: a bad event or round number.
+            LedgerError: ``round`` is before the last recorded round.
+        """
+        ev = check_event(event, where="round event")
+        if isinstance(round, bool) or not isinstance(round, int) or round < 1:
+            raise InvalidPrivacyParameterError(f"round must be an integer >= 1; got {round!r}")
+        if self._entries and round < self._entries[-1].round:
+            raise LedgerError(f"client {self._client_id!r}: round {round} is before the last "
+                              f"recorded round {self._entries[-1].round}")
+        eps = epsilon_from_history([*self.history, ev], delta=self._delta,
+                                   accountant=self._accountant)
+        entry = LedgerEntry(round=round, noise_multiplier=ev.noise_multiplier,
+                            sample_rate=ev.sample_rate, steps=ev.steps, epsilon=eps,
+                            delta=self._delta, accountant=self._accountant)
+        self._entries.append(entry)
+        self._cache[(len(self._entries), self._delta, self._accountant)] = eps
+        logger.info("client %s round %d: epsilon=%.4f delta=%g sigma=%.4f q=%.4g steps=%d (%s)",
+                    self._client_id, round, eps, self._delta, ev.noise_multiplier,
+                    ev.sample_rate, ev.steps, self._accountant)
+        return entry
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-able form (format tag and version included)."""
+        return {
+            "format": LEDGER_FORMAT,
+            "version": LEDGER_VERSION,
+            "client_id": self._client_id,
+            "delta": self._delta,
+            "accountant": self._accountant,
+            "budget_epsilon": self._budget,
+            "exhausted": self._exhausted,
+            "entries": [e.to_dict() for e in self._entries],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PrivacyLedger:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            LedgerError: wrong format tag or version, missing keys, or bad values.
+        """
+        if not isinstance(data, Mapping):
+            raise LedgerError(f"ledger must be a JSON object; got {type(data).__name__}")
+        if data.get("format") != LEDGER_FORMAT or data.get("version") != LEDGER_VERSION:
+            raise LedgerError(f"ledger must have format {LEDGER_FORMAT!r} version "
+                              f"{LEDGER_VERSION}; got {data.get('format')!r} version "
+                              f"{data.get('version')!r}")
+        raw_entries = data.get("entries")
+        if not isinstance(raw_entries, list):
+            raise LedgerError(f"ledger entries must be a list; got {raw_entries!r}")
+        entries = [LedgerEntry.from_dict(e) if isinstance(e, Mapping) else _bad_entry(e)
+                   for e in raw_entries]
+        for prev, cur in zip(entries, entries[1:], strict=False):
+            if cur.round < prev.round:
+                raise LedgerError(f"ledger rounds must not decrease; got {prev.round} then "
+                                  f"{cur.round}")
+        exhausted = data.get("exhausted", False)
+        if not isinstance(exhausted, bool):
+            raise LedgerError(f"ledger exhausted must be true or false; got {exhausted!r}")
+        try:
+            return cls(client_id=data["client_id"], delta=data["delta"],
+                       accountant=data["accountant"], budget_epsilon=data.get("budget_epsilon"),
+                       entries=entries, exhausted=exhausted)
+        except KeyError as err:
+            raise LedgerError(f"ledger must have {err.args[0]!r}") from err
+        except InvalidPrivacyParameterError as err:
+            raise LedgerError(f"ledger header is invalid: {err}") from err
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (for ``Context.state`` / a ``ConfigRecord``)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "ledger JSON") -> PrivacyLedger:
+        """Parse :meth:`to_json` output; ``source`` names the origin in error messages.
+
+        Raises:
+            LedgerError: not JSON, or not a valid ledger.
+        """
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise LedgerError(f"{source} is not valid JSON: {err}") from err
+        try:
+            return cls.from_dict(data)
+        except LedgerError as err:
+            raise LedgerError(f"{source}: {err}") from err
+
+    def save(self, path: str | Path) -> Path:
+        """Write the ledger atomically: temp file in the same directory, fsync, replace.
+
+        A crash leaves either the old or the new file, never a torn one.
+
+        Raises:
+            LedgerError: the directory is not writable.
+        """
+        p = Path(path)
+        text = json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
+        tmp_name: str | None = None
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, p)
+            tmp_name = None
+            _fsync_dir(p.parent)
+        except OSError as err:
+            raise LedgerError(f"ledger file {str(p)!r} cannot be written: {err}") from err
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrivacyLedger:
+        """Read a ledger written by :meth:`save`.
+
+        Raises:
+            LedgerError: naming the file, if it is missing, unreadable or corrupt.
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise LedgerError(f"ledger file {str(p)!r} cannot be read: {err}") from err
+        return cls.from_json(text, source=f"ledger file {str(p)!r}")
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        client_id: str,
+        delta: float,
+        accountant: str = "rdp",
+        budget_epsilon: float | None = None,
+    ) -> PrivacyLedger:
+        """Continue the ledger at ``path``, or start a new one if no file exists.
+
+        The stored history is always kept. The current config's delta, accountant and
+        budget apply from now on (epsilon is recomputed from the history, so a changed
+        delta is stated correctly); a different ``client_id`` is an error.
+
+        Raises:
+            LedgerError: the file exists but is corrupt, or belongs to another client.
+        """
+        p = Path(path)
+        if not p.exists():
+            return cls(client_id=client_id, delta=delta, accountant=accountant,
+                       budget_epsilon=budget_epsilon)
+        stored = cls.load(p)
+        if stored.client_id != client_id:
+            raise LedgerError(f"ledger file {str(p)!r} belongs to client {stored.client_id!r}, "
+                              f"not {client_id!r}")
+        ledger = cls(client_id=client_id, delta=delta, accountant=accountant,
+                     budget_epsilon=budget_epsilon, entries=stored.entries,
+                     exhausted=stored.exhausted)
+        if ledger.exhausted and budget_epsilon is not None and (
+            stored.budget_epsilon is None or budget_epsilon > stored.budget_epsilon
+        ):
+            # A raised budget lets an exhausted client train again; the history stays.
+            ledger._exhausted = False
+        logger.info("client %s: continuing ledger %s with %d rounds (epsilon %.4f)",
+                    client_id, p, len(ledger), ledger.epsilon())
+        return ledger
+
+
+def _bad_entry(value: object) -> LedgerEntry:
+    raise LedgerError(f"ledger entry must be an object; got {value!r}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush the directory entry of a replaced file (POSIX); a no-op where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def max_epsilon(ledgers: Iterable[PrivacyLedger]) -> float:
+    """Return the largest cumulative epsilon among ``ledgers`` (0.0 if none)."""
+    values = [ledger.epsilon() for ledger in ledgers]
+    return max(values) if values else 0.0
+
+
+__all__ = [
+    "LEDGER_FORMAT",
+    "LEDGER_VERSION",
+    "LedgerEntry",
+    "PrivacyLedger",
+    "max_epsilon",
+]

@@ -1,0 +1,122 @@
+"""Run records and the results directory: ``results.json``, ``model.pt``, plots.
+
+``results.json`` holds ``config`` (the full experiment config), ``rounds`` (one record per
+round: ``round``, ``accuracy``, ``loss``, ``seconds``, plus status, participation and
+privacy figures) and ``final`` (``accuracy``, ``loss``, ``seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class RoundRecord:
+    """What happened in one round."""
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    seconds: float
+    status: str = "ok"  # "ok" | "failed" (aggregate discarded, previous model kept)
+    reason: str = ""
+    sampled: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    num_examples: float = 0.0
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass(slots=True, kw_only=True)
+class RunSummary:
+    """A whole run: config, per-round records and the final figures."""
+
+    config: dict[str, Any]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    stop_reason: str = ""
+    clients: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """Accuracy and loss of the last successful round, and total seconds."""
+        ok = [r for r in self.rounds if r.status == "ok" and r.accuracy is not None]
+        last = ok[-1] if ok else None
+        return {"accuracy": last.accuracy if last else None,
+                "loss": last.loss if last else None,
+                "seconds": round(self.seconds, 3),
+                "rounds_completed": len(ok),
+                "rounds_failed": sum(r.status != "ok" for r in self.rounds)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the ``results.json`` document."""
+        return {"config": self.config, "rounds": [r.to_dict() for r in self.rounds],
+                "final": self.final, "stop_reason": self.stop_reason, "clients": self.clients}
+
+
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    """Return ``runs/<UTC timestamp>-<name>`` (not created)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{name}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(out_dir: Path, summary: RunSummary) -> Path:
+    """Write ``results.json`` (atomically) and ``accuracy.png``; return the JSON path."""
+    path = out_dir / "results.json"
+    atomic_write_text(path, json.dumps(summary.to_dict(), indent=2) + "\n")
+    plot_accuracy(out_dir / "accuracy.png", summary)
+    return path
+
+
+def plot_accuracy(path: Path, summary: RunSummary) -> None:
+    """Plot federated test accuracy per round to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r.round for r in summary.rounds if r.accuracy is not None]
+    ys = [r.accuracy for r in summary.rounds if r.accuracy is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, ys, marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("federated test accuracy")
+    ax.set_title(str(summary.config.get("experiment", {}).get("name", "")))
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["RoundRecord", "RunSummary", "atomic_write_text", "default_run_dir",
+           "plot_accuracy", "write_results"]

@@ -1,0 +1,1 @@
+"""fedai's Flower ServerApp: config -> aggregation scheme -> rounds -> results."""

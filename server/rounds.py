@@ -1,0 +1,284 @@
+"""The coordinator's round loop.
+
+fedai drives rounds itself instead of calling ``Strategy.start`` because it needs what
+that loop cannot give: client identities that survive restarts (for the privacy ledger),
+deterministic sampling by client id (same sample under every backend), skipping clients
+whose privacy budget is spent, ending the run when nobody can train, a global model that
+stays encrypted, and discarding a round whose aggregate fails the clients' bounds check.
+Aggregation itself is the :class:`~fedai.aggregation.SecureSum` seam: FedAvg in the clear,
+or a homomorphic sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedai.aggregation import Payload, SecureSum
+from fedai.config import ExperimentConfig
+from fedai.errors import CorruptPayloadError, FedAIError, KeyMismatchError, ProtocolError
+from fedai.federation import keys
+from fedai.federation.records import payload_to_record, reply_payload
+from fedai.models import ModelSpec
+from fedai.results import RoundRecord, RunSummary
+
+logger = logging.getLogger(__name__)
+
+RoundCallback = Callable[[RoundRecord, int], None]
+
+
+@dataclass(slots=True)
+class ClientInfo:
+    """A client as announced in discovery."""
+
+    node_id: int
+    client_id: str
+    num_train: int
+    num_test: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+    exhausted: str = ""  # reason, once the client refused to train for its budget
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """What the loop ends with: the summary and the (possibly encrypted) global aggregate."""
+
+    summary: RunSummary
+    spec: ModelSpec
+    payload: Payload | None
+    total_weight: float
+    clients: dict[int, ClientInfo] = field(default_factory=dict)
+
+
+class FederatedRun:
+    """Runs ``cfg.experiment.rounds`` rounds of sample -> train -> sum -> evaluate."""
+
+    def __init__(self, cfg: ExperimentConfig, grid: Grid, *, summer: SecureSum,
+                 on_round: RoundCallback | None = None, timeout: float = 3600.0,
+                 discovery_timeout: float = 120.0) -> None:
+        self.cfg = cfg
+        self.grid = grid
+        self.summer = summer
+        self.on_round = on_round
+        self.timeout = timeout
+        self.discovery_timeout = discovery_timeout
+        self._config_json = cfg.to_json()
+        self._shared: dict[str, bool | int | float | str] = {}
+
+    # ------------------------------------------------------------------ messaging
+    def _send(self, node_ids: list[int], message_type: str, round_: int,
+              arrays: ArrayRecord, config: dict[str, bool | int | float | str]
+              ) -> dict[int, Message]:
+        base = {keys.KEY_SERVER_ROUND: round_, keys.KEY_EXPERIMENT: self._config_json,
+                **self._shared, **config}
+        messages = [
+            Message(RecordDict({keys.REC_ARRAYS: arrays, keys.REC_CONFIG: ConfigRecord(base)}),
+                    dst_node_id=nid, message_type=message_type, group_id=str(round_))
+            for nid in node_ids
+        ]
+        by_mid: dict[int, Message] = {}
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        sent = {m.metadata.dst_node_id for m in messages}
+        for reply in replies:
+            src = reply.metadata.src_node_id
+            if src in sent:
+                by_mid[src] = reply
+            else:  # error replies from the SuperLink carry its id; map via reply_to
+                for m in messages:
+                    if m.metadata.message_id == reply.metadata.reply_to_message_id:
+                        by_mid[m.metadata.dst_node_id] = reply
+        return by_mid
+
+    @staticmethod
+    def _fedai(reply: Message) -> ConfigRecord:
+        return reply.content.config_records.get(keys.REC_FEDAI, ConfigRecord())
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self) -> dict[int, ClientInfo]:
+        """Ask every node who it is; wait (bounded) for ``num_clients`` nodes."""
+        want = self.cfg.experiment.num_clients
+        deadline = time.monotonic() + self.discovery_timeout
+        node_ids = sorted(self.grid.get_node_ids())
+        while len(node_ids) < want and time.monotonic() < deadline:
+            logger.info("waiting for clients: %d of %d connected", len(node_ids), want)
+            time.sleep(1.0)
+            node_ids = sorted(self.grid.get_node_ids())
+        if len(node_ids) < want:
+            raise ProtocolError(f"experiment.num_clients is {want} but only {len(node_ids)} "
+                                f"node(s) connected within {self.discovery_timeout:g} s")
+        replies = self._send(node_ids, keys.MSG_QUERY, 0, ArrayRecord(), {})
+        clients: dict[int, ClientInfo] = {}
+        for nid in node_ids:
+            reply = replies.get(nid)
+            if reply is None or reply.has_error():
+                reason = reply.error.reason if reply is not None else "no reply"
+                logger.warning("node %s failed discovery: %s", nid, reason)
+                continue
+            rec = self._fedai(reply)
+            shape = tuple(int(s) for s in str(rec[keys.KEY_INPUT_SHAPE]).split("x"))
+            clients[nid] = ClientInfo(nid, str(rec[keys.KEY_CLIENT_ID]),
+                                      int(rec[keys.KEY_NUM_TRAIN]), int(rec[keys.KEY_NUM_TEST]),
+                                      shape, int(rec[keys.KEY_NUM_CLASSES]))
+        if not clients:
+            raise ProtocolError("no client answered discovery; every node failed (see log)")
+        shapes = {c.input_shape for c in clients.values()}
+        if len(shapes) != 1:
+            raise ProtocolError(f"clients must agree on the input shape; got {sorted(shapes)}")
+        ids = [c.client_id for c in clients.values()]
+        if len(set(ids)) != len(ids):
+            raise ProtocolError(f"client ids must be unique; got {sorted(ids)}")
+        return clients
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, clients: dict[int, ClientInfo], round_: int) -> list[int]:
+        """Pick this round's clients deterministically from the seed, by client id."""
+        able = sorted((c for c in clients.values() if not c.exhausted), key=lambda c: c.client_id)
+        k = min(self.cfg.experiment.clients_per_round, len(able))
+        rng = np.random.default_rng([self.cfg.experiment.seed, round_])
+        picked = rng.choice(len(able), size=k, replace=False) if k < len(able) else range(k)
+        return [able[i].node_id for i in sorted(int(j) for j in picked)]
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self) -> RunOutcome:
+        """Run every round; return the summary and the final aggregate."""
+        t_start = time.perf_counter()
+        clients = self.discover()
+        first = next(iter(clients.values()))
+        spec = ModelSpec(name=self.cfg.model.name, input_shape=first.input_shape,
+                         num_classes=max(c.num_classes for c in clients.values()),
+                         hidden=self.cfg.model.hidden)
+        self._shared[keys.KEY_NUM_CLASSES] = spec.num_classes
+        summary = RunSummary(config=self.cfg.to_dict())
+        payload: Payload | None = None
+        total_weight = 0.0
+        for round_ in range(1, self.cfg.experiment.rounds + 1):
+            t0 = time.perf_counter()
+            sampled = self.sample(clients, round_)
+            if not sampled:
+                summary.stop_reason = ("no client can train: every client's privacy budget "
+                                       "is exhausted")
+                logger.warning("stopping before round %d: %s", round_, summary.stop_reason)
+                break
+            record = RoundRecord(round=round_, accuracy=None, loss=None, seconds=0.0,
+                                 sampled=[clients[n].client_id for n in sampled])
+            new = self._train_round(clients, sampled, round_, payload, total_weight, record)
+            if new is not None:
+                cand_payload, cand_weight = new
+                accepted = self._evaluate_round(clients, round_, cand_payload, cand_weight,
+                                                record)
+                if accepted:
+                    payload, total_weight = cand_payload, cand_weight
+            record.seconds = time.perf_counter() - t0
+            summary.rounds.append(record)
+            if self.on_round:
+                self.on_round(record, self.cfg.experiment.rounds)
+        summary.seconds = time.perf_counter() - t_start
+        summary.clients = {c.client_id: {"num_train": c.num_train, "num_test": c.num_test,
+                                         "exhausted": c.exhausted} for c in clients.values()}
+        return RunOutcome(summary, spec, payload, total_weight, clients)
+
+    def _train_round(self, clients: dict[int, ClientInfo], sampled: list[int], round_: int,
+                     payload: Payload | None, total_weight: float, record: RoundRecord
+                     ) -> tuple[Payload, float] | None:
+        init = payload is None
+        arrays = ArrayRecord() if payload is None else payload_to_record(payload)
+        replies = self._send(sampled, keys.MSG_TRAIN, round_, arrays, {
+            keys.KEY_INIT: init, keys.KEY_TOTAL_WEIGHT: float(total_weight),
+            keys.KEY_NUM_SAMPLED: len(sampled)})
+        good: list[Payload] = []
+        weight = 0.0
+        for nid in sampled:
+            cid = clients[nid].client_id
+            reply = replies.get(nid)
+            if reply is None:
+                record.failures[cid] = "no reply before the timeout"
+                continue
+            if reply.has_error():
+                record.failures[cid] = reply.error.reason or f"error code {reply.error.code}"
+                continue
+            rec = self._fedai(reply)
+            status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
+            if keys.KEY_PRIVACY in rec:
+                record.privacy[cid] = str(rec[keys.KEY_PRIVACY])
+            if status == keys.STATUS_REFUSED:
+                reason = str(rec.get(keys.KEY_REASON, "refused"))
+                record.refused[cid] = reason
+                clients[nid].exhausted = reason
+                logger.info("client %s refused to train: %s", cid, reason)
+                continue
+            if status != keys.STATUS_OK:
+                record.failures[cid] = str(rec.get(keys.KEY_REASON, status))
+                continue
+            try:
+                contribution = reply_payload(reply)
+                self.summer.check(contribution)
+                n = float(reply.content.metric_records[keys.REC_METRICS][keys.KEY_NUM_EXAMPLES])
+                if not n > 0:
+                    raise ProtocolError(f"num-examples must be > 0; got {n}")
+            except (FedAIError, KeyError, TypeError) as err:
+                reason = f"{type(err).__name__}: {err}"
+                record.failures[cid] = reason
+                logger.warning("round %d: contribution of client %s rejected: %s", round_, cid,
+                               reason)
+                continue
+            good.append(contribution)
+            weight += n
+            record.trained.append(cid)
+        record.num_examples = weight
+        if not good:
+            record.status = "failed"
+            record.reason = "no usable contribution this round"
+            logger.warning("round %d failed: %s; keeping the previous model", round_,
+                           record.reason)
+            return None
+        try:
+            summed = self.summer.sum(good)
+        except (CorruptPayloadError, KeyMismatchError) as err:
+            record.status, record.reason = "failed", f"sum failed: {err}"
+            logger.warning("round %d failed: %s; keeping the previous model", round_, err)
+            return None
+        return summed, weight
+
+    def _evaluate_round(self, clients: dict[int, ClientInfo], round_: int, payload: Payload,
+                        total_weight: float, record: RoundRecord) -> bool:
+        """Federated evaluation of the candidate aggregate; False if clients reject it."""
+        node_ids = sorted(clients)
+        replies = self._send(node_ids, keys.MSG_EVALUATE, round_, payload_to_record(payload),
+                             {keys.KEY_TOTAL_WEIGHT: float(total_weight)})
+        loss_sum, acc_sum, n_sum = 0.0, 0.0, 0.0
+        rejected: list[str] = []
+        for nid in node_ids:
+            reply = replies.get(nid)
+            cid = clients[nid].client_id
+            if reply is None or reply.has_error():
+                reason = "no reply" if reply is None else reply.error.reason
+                record.failures.setdefault(cid, f"evaluate: {reason}")
+                continue
+            rec = self._fedai(reply)
+            if str(rec.get(keys.KEY_STATUS, keys.STATUS_OK)) == keys.STATUS_REJECTED:
+                rejected.append(f"{cid}: {rec.get(keys.KEY_REASON, '')}")
+                continue
+            m = reply.content.metric_records[keys.REC_METRICS]
+            n = float(m[keys.KEY_NUM_EXAMPLES])  # type: ignore[arg-type]
+            loss_sum += float(m[keys.KEY_LOSS]) * n  # type: ignore[arg-type]
+            acc_sum += float(m[keys.KEY_ACCURACY]) * n  # type: ignore[arg-type]
+            n_sum += n
+        if rejected:
+            record.status = "failed"
+            record.reason = ("aggregate failed the clients' bounds check; discarded, previous "
+                             "model kept (" + "; ".join(rejected[:3]) + ")")
+            logger.warning("round %d failed: %s", round_, record.reason)
+            return False
+        if n_sum > 0:
+            record.loss, record.accuracy = loss_sum / n_sum, acc_sum / n_sum
+        return True
+
+
+__all__ = ["ClientInfo", "FederatedRun", "RunOutcome"]
