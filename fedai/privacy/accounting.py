@@ -92,9 +92,7 @@ def check_event(event: DpSgdEvent | Sequence[float], *, where: str = "event") ->
     if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q <= 1.0:
         raise InvalidPrivacyParameterError(f"{where}.sample_rate must be in (0, 1]; got {q!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise InvalidPrivacyParameterError(
-            f"{where}.steps must be an integer >= 0; got {steps!r}"
-        )
+        raise InvalidPrivacyParameterError(f"{where}.steps must be an integer >= 0; got {steps!r}")
     return DpSgdEvent(sigma_f, float(q), int(steps))
 
 
@@ -272,7 +270,9 @@ def dp_accounting_epsilon(
     events = [check_event(e, where=f"history[{i}]") for i, e in enumerate(history)]
     events = [e for e in events if e.steps > 0]
     if accountant not in ("rdp", "pld"):
-        raise InvalidPrivacyParameterError(f"accountant must be one of rdp, pld; got {accountant!r}")
+        raise InvalidPrivacyParameterError(
+            f"accountant must be one of rdp, pld; got {accountant!r}"
+        )
     if not events:
         return 0.0
     composed = dp_accounting.ComposedDpEvent(

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -107,8 +108,10 @@ class LedgerEntry:
             delta = check_delta(data["delta"], name="ledger entry.delta")
             accountant = data["accountant"]
         except (KeyError, TypeError) as err:
-            raise LedgerError(f"ledger entry must have round, noise_multiplier, sample_rate, "
-                              f"steps, epsilon, delta, accountant; got {data!r}") from err
+            raise LedgerError(
+                f"ledger entry must have round, noise_multiplier, sample_rate, "
+                f"steps, epsilon, delta, accountant; got {data!r}"
+            ) from err
         except InvalidPrivacyParameterError as err:
             raise LedgerError(str(err)) from err
         if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
@@ -116,11 +119,18 @@ class LedgerEntry:
         if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
             raise LedgerError(f"ledger entry.epsilon must be a number >= 0; got {eps!r}")
         if accountant not in ACCOUNTANTS:
-            raise LedgerError(f"ledger entry.accountant must be one of rdp, prv; got "
-                              f"{accountant!r}")
-        return cls(round=rnd, noise_multiplier=event.noise_multiplier,
-                   sample_rate=event.sample_rate, steps=event.steps, epsilon=float(eps),
-                   delta=delta, accountant=str(accountant))
+            raise LedgerError(
+                f"ledger entry.accountant must be one of rdp, prv; got {accountant!r}"
+            )
+        return cls(
+            round=rnd,
+            noise_multiplier=event.noise_multiplier,
+            sample_rate=event.sample_rate,
+            steps=event.steps,
+            epsilon=float(eps),
+            delta=delta,
+            accountant=str(accountant),
+        )
 
 
 class PrivacyLedger:
@@ -160,8 +170,9 @@ class PrivacyLedger:
         self._delta = check_delta(delta)
         self._accountant = accountant
         self._budget = (
-            None if budget_epsilon is None else check_positive(budget_epsilon,
-                                                               name="budget_epsilon")
+            None
+            if budget_epsilon is None
+            else check_positive(budget_epsilon, name="budget_epsilon")
         )
         self._entries: list[LedgerEntry] = list(entries)
         self._exhausted = bool(exhausted)
@@ -207,10 +218,12 @@ class PrivacyLedger:
         return len(self._entries)
 
     def __repr__(self) -> str:
-        return (f"PrivacyLedger(client_id={self._client_id!r}, rounds={len(self._entries)}, "
-                f"epsilon={self.epsilon():.4g}, delta={self._delta:g}, "
-                f"accountant={self._accountant!r}, budget_epsilon={self._budget!r}, "
-                f"exhausted={self._exhausted})")
+        return (
+            f"PrivacyLedger(client_id={self._client_id!r}, rounds={len(self._entries)}, "
+            f"epsilon={self.epsilon():.4g}, delta={self._delta:g}, "
+            f"accountant={self._accountant!r}, budget_epsilon={self._budget!r}, "
+            f"exhausted={self._exhausted})"
+        )
 
     # ------------------------------------------------------------------ accounting
     def epsilon(self, *, delta: float | None = None, accountant: str | None = None) -> float:
@@ -230,8 +243,9 @@ class PrivacyLedger:
     def projected_epsilon(self, event: DpSgdEvent | Sequence[float]) -> float:
         """Return the epsilon the history would reach with ``event`` added (dry run)."""
         ev = check_event(event, where="next round")
-        return epsilon_from_history([*self.history, ev], delta=self._delta,
-                                    accountant=self._accountant)
+        return epsilon_from_history(
+            [*self.history, ev], delta=self._delta, accountant=self._accountant
+        )
 
     def would_exceed(self, event: DpSgdEvent | Sequence[float]) -> bool:
         """Return True if adding ``event`` would push epsilon past the budget."""
@@ -265,7 +279,7 @@ class PrivacyLedger:
             )
         return projected
 
-    def record(self, *, round: int, event: DpSgdEvent | Sequence[float]) -> LedgerEntry:  # noqa: A002
+    def record(self, *, round: int, event: DpSgdEvent | Sequence[float]) -> LedgerEntry:
         """Commit a round that ran; return its entry with the cumulative epsilon.
 
         Recording never refuses: once noisy gradients were computed the privacy is spent.
@@ -279,18 +293,35 @@ class PrivacyLedger:
         if isinstance(round, bool) or not isinstance(round, int) or round < 1:
             raise InvalidPrivacyParameterError(f"round must be an integer >= 1; got {round!r}")
         if self._entries and round < self._entries[-1].round:
-            raise LedgerError(f"client {self._client_id!r}: round {round} is before the last "
-                              f"recorded round {self._entries[-1].round}")
-        eps = epsilon_from_history([*self.history, ev], delta=self._delta,
-                                   accountant=self._accountant)
-        entry = LedgerEntry(round=round, noise_multiplier=ev.noise_multiplier,
-                            sample_rate=ev.sample_rate, steps=ev.steps, epsilon=eps,
-                            delta=self._delta, accountant=self._accountant)
+            raise LedgerError(
+                f"client {self._client_id!r}: round {round} is before the last "
+                f"recorded round {self._entries[-1].round}"
+            )
+        eps = epsilon_from_history(
+            [*self.history, ev], delta=self._delta, accountant=self._accountant
+        )
+        entry = LedgerEntry(
+            round=round,
+            noise_multiplier=ev.noise_multiplier,
+            sample_rate=ev.sample_rate,
+            steps=ev.steps,
+            epsilon=eps,
+            delta=self._delta,
+            accountant=self._accountant,
+        )
         self._entries.append(entry)
         self._cache[(len(self._entries), self._delta, self._accountant)] = eps
-        logger.info("client %s round %d: epsilon=%.4f delta=%g sigma=%.4f q=%.4g steps=%d (%s)",
-                    self._client_id, round, eps, self._delta, ev.noise_multiplier,
-                    ev.sample_rate, ev.steps, self._accountant)
+        logger.info(
+            "client %s round %d: epsilon=%.4f delta=%g sigma=%.4f q=%.4g steps=%d (%s)",
+            self._client_id,
+            round,
+            eps,
+            self._delta,
+            ev.noise_multiplier,
+            ev.sample_rate,
+            ev.steps,
+            self._accountant,
+        )
         return entry
 
     # ------------------------------------------------------------------ serialisation
@@ -317,25 +348,35 @@ class PrivacyLedger:
         if not isinstance(data, Mapping):
             raise LedgerError(f"ledger must be a JSON object; got {type(data).__name__}")
         if data.get("format") != LEDGER_FORMAT or data.get("version") != LEDGER_VERSION:
-            raise LedgerError(f"ledger must have format {LEDGER_FORMAT!r} version "
-                              f"{LEDGER_VERSION}; got {data.get('format')!r} version "
-                              f"{data.get('version')!r}")
+            raise LedgerError(
+                f"ledger must have format {LEDGER_FORMAT!r} version "
+                f"{LEDGER_VERSION}; got {data.get('format')!r} version "
+                f"{data.get('version')!r}"
+            )
         raw_entries = data.get("entries")
         if not isinstance(raw_entries, list):
             raise LedgerError(f"ledger entries must be a list; got {raw_entries!r}")
-        entries = [LedgerEntry.from_dict(e) if isinstance(e, Mapping) else _bad_entry(e)
-                   for e in raw_entries]
-        for prev, cur in zip(entries, entries[1:], strict=False):
+        entries = [
+            LedgerEntry.from_dict(e) if isinstance(e, Mapping) else _bad_entry(e)
+            for e in raw_entries
+        ]
+        for prev, cur in itertools.pairwise(entries):
             if cur.round < prev.round:
-                raise LedgerError(f"ledger rounds must not decrease; got {prev.round} then "
-                                  f"{cur.round}")
+                raise LedgerError(
+                    f"ledger rounds must not decrease; got {prev.round} then {cur.round}"
+                )
         exhausted = data.get("exhausted", False)
         if not isinstance(exhausted, bool):
             raise LedgerError(f"ledger exhausted must be true or false; got {exhausted!r}")
         try:
-            return cls(client_id=data["client_id"], delta=data["delta"],
-                       accountant=data["accountant"], budget_epsilon=data.get("budget_epsilon"),
-                       entries=entries, exhausted=exhausted)
+            return cls(
+                client_id=data["client_id"],
+                delta=data["delta"],
+                accountant=data["accountant"],
+                budget_epsilon=data.get("budget_epsilon"),
+                entries=entries,
+                exhausted=exhausted,
+            )
         except KeyError as err:
             raise LedgerError(f"ledger must have {err.args[0]!r}") from err
         except InvalidPrivacyParameterError as err:
@@ -425,22 +466,39 @@ class PrivacyLedger:
         """
         p = Path(path)
         if not p.exists():
-            return cls(client_id=client_id, delta=delta, accountant=accountant,
-                       budget_epsilon=budget_epsilon)
+            return cls(
+                client_id=client_id,
+                delta=delta,
+                accountant=accountant,
+                budget_epsilon=budget_epsilon,
+            )
         stored = cls.load(p)
         if stored.client_id != client_id:
-            raise LedgerError(f"ledger file {str(p)!r} belongs to client {stored.client_id!r}, "
-                              f"not {client_id!r}")
-        ledger = cls(client_id=client_id, delta=delta, accountant=accountant,
-                     budget_epsilon=budget_epsilon, entries=stored.entries,
-                     exhausted=stored.exhausted)
-        if ledger.exhausted and budget_epsilon is not None and (
-            stored.budget_epsilon is None or budget_epsilon > stored.budget_epsilon
+            raise LedgerError(
+                f"ledger file {str(p)!r} belongs to client {stored.client_id!r}, not {client_id!r}"
+            )
+        ledger = cls(
+            client_id=client_id,
+            delta=delta,
+            accountant=accountant,
+            budget_epsilon=budget_epsilon,
+            entries=stored.entries,
+            exhausted=stored.exhausted,
+        )
+        if (
+            ledger.exhausted
+            and budget_epsilon is not None
+            and (stored.budget_epsilon is None or budget_epsilon > stored.budget_epsilon)
         ):
             # A raised budget lets an exhausted client train again; the history stays.
             ledger._exhausted = False
-        logger.info("client %s: continuing ledger %s with %d rounds (epsilon %.4f)",
-                    client_id, p, len(ledger), ledger.epsilon())
+        logger.info(
+            "client %s: continuing ledger %s with %d rounds (epsilon %.4f)",
+            client_id,
+            p,
+            len(ledger),
+            ledger.epsilon(),
+        )
         return ledger
 
 

@@ -36,21 +36,30 @@ class UserLevelSetting:
 
 def user_level_report(setting: UserLevelSetting) -> dict[str, Any]:
     """Return user-level epsilon under RDP and PLD (dp-accounting) for ``setting``."""
-    q = user_level_sample_rate(population=setting.population,
-                               clients_per_round=setting.clients_per_round)
-    common = {
+    q = user_level_sample_rate(
+        population=setting.population, clients_per_round=setting.clients_per_round
+    )
+    eps = {
+        name: user_level_epsilon(
+            population=setting.population,
+            clients_per_round=setting.clients_per_round,
+            noise_multiplier=setting.noise_multiplier,
+            rounds=setting.rounds,
+            delta=setting.delta,
+            accountant=name,
+        )
+        for name in ("rdp", "pld")
+    }
+    return {
         "population": setting.population,
         "clients_per_round": setting.clients_per_round,
         "noise_multiplier": setting.noise_multiplier,
         "rounds": setting.rounds,
         "delta": setting.delta,
-    }
-    return {
-        **common,
         "sample_rate": q,
         "clipping_norm": setting.clipping_norm,
-        "epsilon_rdp": user_level_epsilon(**common, accountant="rdp"),
-        "epsilon_pld": user_level_epsilon(**common, accountant="pld"),
+        "epsilon_rdp": eps["rdp"],
+        "epsilon_pld": eps["pld"],
         "accountants": "dp-accounting RdpAccountant / PLDAccountant, "
         "PoissonSampledDpEvent(q, GaussianDpEvent(sigma)) x rounds",
     }
@@ -105,7 +114,8 @@ def privacy_statement(
         user = user_level_report(user_level)
         lines.append(
             f"user-level (DP-FedAvg aggregate): epsilon {user['epsilon_rdp']:.3f} (RDP) / "
-            f"{user['epsilon_pld']:.3f} (PLD) at delta {user['delta']:g}, q={user['sample_rate']:g}, "
+            f"{user['epsilon_pld']:.3f} (PLD) at delta {user['delta']:g}, "
+            f"q={user['sample_rate']:g}, "
             f"sigma={user['noise_multiplier']:g}, {user['rounds']} rounds"
         )
     else:

@@ -3,11 +3,11 @@
 DP-FedAvg (McMahan, Ramage, Talwar & Zhang 2018, "Learning Differentially Private
 Recurrent Language Models", ICLR): each sampled client clips its whole model update
 ``Δ_i`` to L2 norm ``C``; the sum of the ``m`` clipped updates then has sensitivity ``C``
-to adding or removing one client, and Gaussian noise ``N(0, (σC)²)`` on the sum makes one
-round a Gaussian mechanism with noise multiplier ``σ``. fedai's coordinator only adds
+to adding or removing one client, and Gaussian noise ``N(0, (sigma*C)²)`` on the sum makes one
+round a Gaussian mechanism with noise multiplier ``sigma``. fedai's coordinator only adds
 (possibly encrypted) payloads (:mod:`fedai.aggregation`), so it cannot add that noise;
-instead every sampled client adds its share ``N(0, (σC)² / m)`` and the ``m`` shares sum
-to ``N(0, (σC)²)`` (distributed noise, as in distributed DP with secure aggregation,
+instead every sampled client adds its share ``N(0, (sigma*C)² / m)`` and the ``m`` shares sum
+to ``N(0, (sigma*C)²)`` (distributed noise, as in distributed DP with secure aggregation,
 Kairouz, Liu & Steinke 2021).
 
 Preconditions the caller (ServerApp / ClientApp glue) must keep:
@@ -19,7 +19,7 @@ Preconditions the caller (ServerApp / ClientApp glue) must keep:
 * clients are sampled with probability ``q = clients_per_round / population`` per round
   (Poisson), which is what the subsampling amplification below assumes.
 
-Accounting composes ``T`` rounds of ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))`` with
+Accounting composes ``T`` rounds of ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`` with
 Google ``dp-accounting`` (RDP, Mironov 2017; PLD) or Opacus PRV (Gopi et al. 2021).
 """
 
@@ -65,8 +65,9 @@ class UserDpUpdate:
 
 def global_l2_norm(arrays: Sequence[np.ndarray]) -> float:
     """Return the L2 norm of all arrays flattened together (float64)."""
-    return float(math.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64))))
-                               for a in arrays)))
+    return float(
+        math.sqrt(sum(float(np.sum(np.square(np.asarray(a, dtype=np.float64)))) for a in arrays))
+    )
 
 
 def clip_update(
@@ -91,7 +92,7 @@ def clip_update(
 def distributed_noise_std(
     *, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int
 ) -> float:
-    """Return one client's noise std ``σC / sqrt(m)``; ``m`` shares sum to std ``σC``.
+    """Return one client's noise std ``sigma*C / sqrt(m)``; ``m`` shares sum to std ``sigma*C``.
 
     Raises:
         InvalidPrivacyParameterError: a parameter outside its domain.
@@ -115,7 +116,7 @@ def clip_and_noise(
     Args:
         update: the client's model update ``w_local - w_global`` (not mutated).
         clipping_norm: ``C``, the L2 bound of a whole update.
-        noise_multiplier: ``σ`` of the *sum*.
+        noise_multiplier: ``sigma`` of the *sum*.
         num_sampled_clients: ``m``, the number of clients whose shares are summed.
         rng: the noise source (production: ``np.random.default_rng()`` from OS entropy).
 
@@ -125,8 +126,11 @@ def clip_and_noise(
     Raises:
         InvalidPrivacyParameterError: bad parameters or a non-finite update.
     """
-    std = distributed_noise_std(noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
-                                num_sampled_clients=num_sampled_clients)
+    std = distributed_noise_std(
+        noise_multiplier=noise_multiplier,
+        clipping_norm=clipping_norm,
+        num_sampled_clients=num_sampled_clients,
+    )
     clipped, norm = clip_update(update, clipping_norm=clipping_norm)
     noised = [a + rng.normal(0.0, std, size=a.shape) for a in clipped]
     return UserDpUpdate(update=noised, norm=norm, clipped=norm > clipping_norm, noise_std=std)
@@ -137,7 +141,7 @@ def effective_noise_multiplier(
 ) -> float:
     """Return the sigma the sum really carries when only ``actual`` of ``expected`` shares came.
 
-    Each share has variance ``(σC)²/m``, so ``k`` shares carry ``σ sqrt(k/m)``.
+    Each share has variance ``(sigma*C)²/m``, so ``k`` shares carry ``sigma sqrt(k/m)``.
 
     Raises:
         InvalidPrivacyParameterError: bad counts (``actual`` must be in [1, expected]).
@@ -161,9 +165,7 @@ def user_level_sample_rate(*, population: int, clients_per_round: int) -> float:
     n = _check_count(population, name="population")
     m = _check_count(clients_per_round, name="clients_per_round")
     if m > n:
-        raise InvalidPrivacyParameterError(
-            f"clients_per_round must be <= population {n}; got {m}"
-        )
+        raise InvalidPrivacyParameterError(f"clients_per_round must be <= population {n}; got {m}")
     return m / n
 
 
@@ -180,13 +182,13 @@ def user_level_epsilon(
 
     ``T = rounds`` self-compositions of the Poisson-subsampled Gaussian mechanism with
     ``q = clients_per_round / population`` (McMahan et al. 2018; Mironov 2017 for RDP).
-    For 100 clients, 10 per round, σ = 1, 100 rounds, δ = 1e-5 this gives 7.90 (RDP) and
+    For 100 clients, 10 per round, sigma = 1, 100 rounds, δ = 1e-5 this gives 7.90 (RDP) and
     7.05 (PLD / PRV).
 
     Args:
         population: number of clients that could be sampled.
         clients_per_round: expected number sampled per round.
-        noise_multiplier: σ of the noise on the sum, relative to the clipping norm.
+        noise_multiplier: sigma of the noise on the sum, relative to the clipping norm.
         rounds: number of rounds ``T``.
         delta: target delta in (0, 1).
         accountant: ``"rdp"`` or ``"pld"`` (Google dp-accounting), or ``"prv"`` (Opacus).
@@ -218,7 +220,7 @@ def calibrate_user_noise_multiplier(
     accountant: str = "rdp",
     tolerance: float = 0.01,
 ) -> float:
-    """Return the smallest σ (to ``tolerance`` in epsilon) with user-level epsilon <= target.
+    """Return the smallest sigma (to ``tolerance`` in epsilon) with user-level epsilon <= target.
 
     Raises:
         InvalidPrivacyParameterError: bad inputs or an unreachable target.
@@ -226,9 +228,14 @@ def calibrate_user_noise_multiplier(
     target = check_positive(target_epsilon, name="target_epsilon")
 
     def eps(sigma: float) -> float:
-        return user_level_epsilon(population=population, clients_per_round=clients_per_round,
-                                  noise_multiplier=sigma, rounds=rounds, delta=delta,
-                                  accountant=accountant)
+        return user_level_epsilon(
+            population=population,
+            clients_per_round=clients_per_round,
+            noise_multiplier=sigma,
+            rounds=rounds,
+            delta=delta,
+            accountant=accountant,
+        )
 
     lo, hi = 0.0, 1.0
     eps_hi = eps(hi)

@@ -1,0 +1,327 @@
+"""Local DP-SGD through Opacus: one call trains one round and emits its privacy event.
+
+DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", CCS) clips each
+example's gradient to ``max_grad_norm``, adds Gaussian noise ``N(0, (sigma*C)²)`` to the sum
+and samples batches by Poisson sampling, so that each step is a subsampled Gaussian
+mechanism the accountants in :mod:`fedai.privacy.accounting` can bound.
+
+:func:`train_dp_sgd` builds a *new* :class:`opacus.PrivacyEngine` and a *deep copy* of the
+model on every call, so ``make_private`` never runs twice on the same object (which
+double-hooks or silently resets accounting) and the caller's model is never mutated. It
+returns the trained ``state_dict`` (``_module.`` prefixes removed) and the
+``(noise_multiplier, sample_rate, steps)`` event Opacus' accountant recorded; the event
+goes into the client's :class:`~fedai.privacy.ledger.PrivacyLedger`, which owns the
+cumulative epsilon. :func:`private_round` does check-budget, train, record in that order.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedai.errors import InvalidPrivacyParameterError, ModelError
+from fedai.privacy.accounting import DpSgdEvent, check_positive, poisson_schedule
+from fedai.privacy.ledger import LedgerEntry, PrivacyLedger
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+logger = logging.getLogger(__name__)
+
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew")
+OptimizerFactory = Callable[[Iterable["torch.nn.Parameter"]], "torch.optim.Optimizer"]
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateTrainingResult:
+    """What one DP-SGD round produced.
+
+    Attributes:
+        state_dict: trained weights, keyed like the input model's ``state_dict``.
+        event: ``(noise_multiplier, sample_rate, steps)`` as Opacus' accountant recorded it.
+        num_samples: size of the local data set.
+        mean_loss: mean training loss over the non-empty batches (a private quantity is
+            *not* implied: report it only to the data owner).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    event: DpSgdEvent
+    num_samples: int
+    mean_loss: float
+
+
+def secure_rng_available() -> bool:
+    """Return True if Opacus' ``secure_mode`` can run (needs the ``torchcsprng`` package).
+
+    ``torchcsprng`` has no wheel for torch 2.x, so this is False on a standard install.
+    """
+    return importlib.util.find_spec("torchcsprng") is not None
+
+
+def validate_private_model(model: nn.Module) -> None:
+    """Check ``model`` with Opacus' ``ModuleValidator``; collect every problem, raise once.
+
+    Raises:
+        ModelError: listing each incompatible module (e.g. BatchNorm; use GroupNorm).
+    """
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ModelError(
+            "model is not compatible with DP-SGD (Opacus ModuleValidator): "
+            + "; ".join(str(e) for e in errors)
+        )
+
+
+def check_dp_sgd_parameters(
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    epochs: int,
+    grad_sample_mode: str,
+    secure_mode: bool,
+) -> None:
+    """Validate DP-SGD settings before any training; collect problems, raise once.
+
+    Raises:
+        InvalidPrivacyParameterError: every problem found, joined.
+    """
+    problems: list[str] = []
+    for name, value in (("noise_multiplier", noise_multiplier), ("max_grad_norm", max_grad_norm)):
+        try:
+            check_positive(value, name=name)
+        except InvalidPrivacyParameterError as err:
+            problems.append(str(err))
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        problems.append(f"epochs must be an integer >= 1; got {epochs!r}")
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        problems.append(f"grad_sample_mode must be one of hooks, ew; got {grad_sample_mode!r}")
+    if secure_mode and not secure_rng_available():
+        problems.append(
+            "secure_mode=true needs torchcsprng for Opacus' cryptographically secure RNG, "
+            "which is not installed (it has no wheel for torch 2.x); set secure_mode=false"
+        )
+    if problems:
+        raise InvalidPrivacyParameterError("; ".join(problems))
+
+
+def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        k = key
+        while k.startswith("_module."):
+            k = k[len("_module.") :]
+        out[k] = value.detach().clone()
+    return out
+
+
+def train_dp_sgd(
+    model: nn.Module,
+    *,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    optimizer_factory: OptimizerFactory,
+    epochs: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str = "hooks",
+    secure_mode: bool = False,
+    noise_generator: torch.Generator | None = None,
+    criterion: nn.Module | None = None,
+) -> PrivateTrainingResult:
+    """Train a copy of ``model`` with DP-SGD for ``epochs`` epochs (Abadi et al. 2016).
+
+    Args:
+        model: the starting model; it is deep-copied, never hooked or mutated.
+        loader: a ``DataLoader`` of ``(features, labels)``; its ``batch_size`` sets the
+            Poisson rate ``q = 1 / ceil(n / B)`` and its ``generator`` drives sampling.
+        optimizer_factory: builds the optimizer from the copy's parameters, e.g.
+            ``lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)``.
+        epochs: local epochs (each ``int(1/q)`` Poisson batches).
+        noise_multiplier: sigma, noise std relative to ``max_grad_norm``.
+        max_grad_norm: per-example gradient clipping norm ``C``.
+        grad_sample_mode: ``"hooks"`` (default) or ``"ew"`` (expanded weights; faster on
+            CPU; empty Poisson batches are replaced by one random data-independent example).
+        secure_mode: Opacus' CSPRNG noise; needs ``torchcsprng`` (not installable here).
+        noise_generator: torch RNG for the Gaussian noise (tests pass a seeded one). ``None``
+            draws a generator seeded from OS entropy. Ignored (must be None) in secure mode.
+        criterion: the loss (mean reduction); cross-entropy by default.
+
+    Returns:
+        A :class:`PrivateTrainingResult`.
+
+    Raises:
+        InvalidPrivacyParameterError: bad privacy settings (before any training).
+        ModelError: a model Opacus cannot privatise (before any training).
+    """
+    import torch
+    from opacus import PrivacyEngine
+
+    check_dp_sgd_parameters(
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        epochs=epochs,
+        grad_sample_mode=grad_sample_mode,
+        secure_mode=secure_mode,
+    )
+    validate_private_model(model)
+    num_samples = len(loader.dataset)  # type: ignore[arg-type]
+    if num_samples < 1:
+        raise InvalidPrivacyParameterError("loader must hold at least one example; got 0")
+    if secure_mode:
+        noise_generator = None
+    elif noise_generator is None:
+        noise_generator = torch.Generator()
+        noise_generator.seed()  # OS entropy
+
+    work = copy.deepcopy(model)
+    work.train()
+    keys = list(work.state_dict().keys())
+    optimizer = optimizer_factory(work.parameters())
+    loss_fn = criterion if criterion is not None else torch.nn.CrossEntropyLoss()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
+        dp_model, dp_optimizer, dp_loader = engine.make_private(
+            module=work,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=float(noise_multiplier),
+            max_grad_norm=float(max_grad_norm),
+            poisson_sampling=True,
+            grad_sample_mode=grad_sample_mode,
+            noise_generator=noise_generator,
+            rand_on_empty=grad_sample_mode == "ew",
+        )
+        try:
+            total_loss, batches = 0.0, 0
+            for _ in range(epochs):
+                for features, labels in dp_loader:
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    logits = dp_model(features)
+                    if len(labels) > 0:
+                        loss = loss_fn(logits, labels)
+                        total_loss += float(loss.detach())
+                        batches += 1
+                    else:
+                        # Empty Poisson batch (hooks mode): the step still releases noise.
+                        loss = logits.sum() * 0.0
+                    loss.backward()
+                    dp_optimizer.step()
+            dp_optimizer.zero_grad(set_to_none=True)
+            inner = getattr(dp_model, "_module", dp_model)
+            state = _strip_module_prefix(inner.state_dict())
+        finally:
+            remove = getattr(dp_model, "remove_hooks", None)
+            if callable(remove):
+                remove()
+    if sorted(state) != sorted(keys):
+        raise ModelError(
+            f"trained state keys {sorted(state)} do not match the model's {sorted(keys)}"
+        )
+    history = list(engine.accountant.history)
+    if len(history) != 1:  # pragma: no cover - one (sigma, q) per call by construction
+        raise ModelError(f"expected one accountant event per round; got {history!r}")
+    sigma, q, steps = history[0]
+    event = DpSgdEvent(float(sigma), float(q), int(steps))
+    mean_loss = total_loss / batches if batches else math.nan
+    logger.debug(
+        "DP-SGD round: n=%d sigma=%.4f C=%g q=%.4g steps=%d mode=%s",
+        num_samples,
+        event.noise_multiplier,
+        max_grad_norm,
+        event.sample_rate,
+        event.steps,
+        grad_sample_mode,
+    )
+    return PrivateTrainingResult(
+        state_dict=state, event=event, num_samples=num_samples, mean_loss=mean_loss
+    )
+
+
+def planned_event(
+    *, noise_multiplier: float, num_samples: int, batch_size: int, epochs: int
+) -> DpSgdEvent:
+    """Return the event :func:`train_dp_sgd` will record for these settings (dry run)."""
+    q, steps_per_epoch = poisson_schedule(num_samples=num_samples, batch_size=batch_size)
+    return DpSgdEvent(float(noise_multiplier), q, steps_per_epoch * epochs)
+
+
+def private_round(
+    model: nn.Module,
+    *,
+    ledger: PrivacyLedger,
+    round: int,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    optimizer_factory: OptimizerFactory,
+    epochs: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str = "hooks",
+    secure_mode: bool = False,
+    noise_generator: torch.Generator | None = None,
+) -> tuple[PrivateTrainingResult, LedgerEntry]:
+    """Check the budget, train one DP-SGD round, record it: dry run, then commit.
+
+    Raises:
+        InvalidPrivacyParameterError / ModelError: bad settings, before training.
+        PrivacyBudgetExceededError: the round would exceed ``ledger.budget_epsilon``
+            (the ledger is marked exhausted; persist it), before training.
+    """
+    check_dp_sgd_parameters(
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        epochs=epochs,
+        grad_sample_mode=grad_sample_mode,
+        secure_mode=secure_mode,
+    )
+    batch_size = loader.batch_size or 1
+    plan = planned_event(
+        noise_multiplier=noise_multiplier,
+        num_samples=len(loader.dataset),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        epochs=epochs,
+    )
+    ledger.check(plan)
+    result = train_dp_sgd(
+        model,
+        loader=loader,
+        optimizer_factory=optimizer_factory,
+        epochs=epochs,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        grad_sample_mode=grad_sample_mode,
+        secure_mode=secure_mode,
+        noise_generator=noise_generator,
+    )
+    if result.event != plan:
+        logger.warning(
+            "client %s: Opacus recorded %s, plan was %s; recording what ran",
+            ledger.client_id,
+            result.event,
+            plan,
+        )
+    entry = ledger.record(round=round, event=result.event)
+    return result, entry
+
+
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "OptimizerFactory",
+    "PrivateTrainingResult",
+    "check_dp_sgd_parameters",
+    "planned_event",
+    "private_round",
+    "secure_rng_available",
+    "train_dp_sgd",
+    "validate_private_model",
+]
