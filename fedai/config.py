@@ -135,8 +135,8 @@ class ModelSection:
 class TrainSection:
     """``[train]``: the local optimisation each client runs per round."""
 
-    local_epochs: int = 2
-    batch_size: int = 32
+    local_epochs: int = 3
+    batch_size: int = 16
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for fedai/inference/inference.proto."""
