@@ -92,9 +92,18 @@ class Envelope:
 
     def _header(self) -> bytes:
         parts = [
-            _FIXED.pack(MAGIC, VERSION, int(self.scheme), int(self.kind), self.fingerprint,
-                        self.n_values, self.slots, self.n_blobs, self.n_summands,
-                        len(self.specs))
+            _FIXED.pack(
+                MAGIC,
+                VERSION,
+                int(self.scheme),
+                int(self.kind),
+                self.fingerprint,
+                self.n_values,
+                self.slots,
+                self.n_blobs,
+                self.n_summands,
+                len(self.specs),
+            )
         ]
         for spec in self.specs:
             parts.append(_ARRAY.pack(spec.itemsize, len(spec.shape)))
@@ -153,20 +162,34 @@ class Envelope:
         head = _as_bytes_array(payload[0], "payload header")
         raw = head.tobytes()
         if len(raw) < _FIXED.size + TAG_BYTES:
-            raise CorruptPayloadError(f"payload header must be >= {_FIXED.size + TAG_BYTES} "
-                                      f"bytes; got {len(raw)}")
-        (magic, version, scheme_code, kind_code, fp, n_values, n_slots, n_blobs, n_summands,
-         n_arrays) = _FIXED.unpack_from(raw)
+            raise CorruptPayloadError(
+                f"payload header must be >= {_FIXED.size + TAG_BYTES} bytes; got {len(raw)}"
+            )
+        (
+            magic,
+            version,
+            scheme_code,
+            kind_code,
+            fp,
+            n_values,
+            n_slots,
+            n_blobs,
+            n_summands,
+            n_arrays,
+        ) = _FIXED.unpack_from(raw)
         if magic != MAGIC:
             raise CorruptPayloadError(f"payload magic must be {MAGIC!r}; got {magic!r}")
         if version != VERSION:
             raise CorruptPayloadError(f"payload version must be {VERSION}; got {version}")
         if scheme_code != int(scheme):
-            raise KeyMismatchError(f"payload scheme must be {scheme.name.lower()}; got code "
-                                   f"{scheme_code}")
+            raise KeyMismatchError(
+                f"payload scheme must be {scheme.name.lower()}; got code {scheme_code}"
+            )
         if not hmac.compare_digest(fp, fingerprint):
-            raise KeyMismatchError(f"payload key fingerprint must be {fingerprint.hex()[:16]}; "
-                                   f"got {fp.hex()[:16]} (encrypted under another key set)")
+            raise KeyMismatchError(
+                f"payload key fingerprint must be {fingerprint.hex()[:16]}; "
+                f"got {fp.hex()[:16]} (encrypted under another key set)"
+            )
         problems: list[str] = []
         if kind_code not in {k.value for k in PayloadKind}:
             problems.append(f"payload kind must be 1 or 2; got {kind_code}")
@@ -182,26 +205,39 @@ class Envelope:
             raise CorruptPayloadError("; ".join(problems))
         specs, end = _parse_specs(raw, _FIXED.size, n_arrays)
         if len(raw) != end + TAG_BYTES:
-            raise CorruptPayloadError(f"payload header must be {end + TAG_BYTES} bytes; got "
-                                      f"{len(raw)}")
-        env = cls(scheme=scheme, kind=PayloadKind(kind_code), fingerprint=fp,
-                  n_values=n_values, slots=n_slots, n_summands=n_summands, specs=specs)
+            raise CorruptPayloadError(
+                f"payload header must be {end + TAG_BYTES} bytes; got {len(raw)}"
+            )
+        env = cls(
+            scheme=scheme,
+            kind=PayloadKind(kind_code),
+            fingerprint=fp,
+            n_values=n_values,
+            slots=n_slots,
+            n_summands=n_summands,
+            specs=specs,
+        )
         total = sum(s.size for s in specs)
         if total != n_values:
             raise CorruptPayloadError(f"payload shapes must hold {n_values} values; got {total}")
         if n_blobs != env.n_blobs or len(payload) != 1 + env.n_blobs:
-            raise CorruptPayloadError(f"payload must hold {env.n_blobs} ciphertexts for "
-                                      f"{n_values} values; header says {n_blobs}, got "
-                                      f"{len(payload) - 1}")
+            raise CorruptPayloadError(
+                f"payload must hold {env.n_blobs} ciphertexts for "
+                f"{n_values} values; header says {n_blobs}, got "
+                f"{len(payload) - 1}"
+            )
         body = [_as_bytes_array(a, f"ciphertext {i}") for i, a in enumerate(payload[1:])]
         for i, b in enumerate(body):
             if not 0 < b.size <= MAX_BLOB_BYTES:
-                raise CorruptPayloadError(f"ciphertext {i} must be 1..{MAX_BLOB_BYTES} bytes; "
-                                          f"got {b.size}")
+                raise CorruptPayloadError(
+                    f"ciphertext {i} must be 1..{MAX_BLOB_BYTES} bytes; got {b.size}"
+                )
         if not hmac.compare_digest(raw[end:], _tag(mac_key, raw[:end], body)):
-            raise CorruptPayloadError("payload authentication tag must match its contents; it "
-                                      "does not (corrupted in transit, or not made by a "
-                                      "holder of this key set)")
+            raise CorruptPayloadError(
+                "payload authentication tag must match its contents; it "
+                "does not (corrupted in transit, or not made by a "
+                "holder of this key set)"
+            )
         return env, body
 
 
@@ -218,21 +254,22 @@ def _parse_specs(raw: bytes, offset: int, n_arrays: int) -> tuple[tuple[ArraySpe
     try:
         for i in range(n_arrays):
             if offset + _ARRAY.size > limit:
-                raise CorruptPayloadError(f"payload header truncated in array {i} of "
-                                          f"{n_arrays}")
+                raise CorruptPayloadError(f"payload header truncated in array {i} of {n_arrays}")
             itemsize, ndim = _ARRAY.unpack_from(raw, offset)
             offset += _ARRAY.size
             if itemsize not in FLOAT_DTYPES or ndim > MAX_NDIM:
-                raise CorruptPayloadError(f"payload array {i} must be float16/32/64 with <= "
-                                          f"{MAX_NDIM} dims; got itemsize {itemsize}, "
-                                          f"ndim {ndim}")
+                raise CorruptPayloadError(
+                    f"payload array {i} must be float16/32/64 with <= "
+                    f"{MAX_NDIM} dims; got itemsize {itemsize}, "
+                    f"ndim {ndim}"
+                )
             if offset + ndim * _DIM.size > limit:
-                raise CorruptPayloadError(f"payload header truncated in array {i} of "
-                                          f"{n_arrays}")
+                raise CorruptPayloadError(f"payload header truncated in array {i} of {n_arrays}")
             shape = tuple(_DIM.unpack_from(raw, offset + k * _DIM.size)[0] for k in range(ndim))
             if any(d > MAX_VALUES for d in shape):
-                raise CorruptPayloadError(f"payload array {i} dims must be <= {MAX_VALUES}; "
-                                          f"got {shape}")
+                raise CorruptPayloadError(
+                    f"payload array {i} dims must be <= {MAX_VALUES}; got {shape}"
+                )
             offset += ndim * _DIM.size
             specs.append(ArraySpec(shape, itemsize))
     except struct.error as err:  # pragma: no cover - guarded by the bounds checks above
@@ -245,7 +282,7 @@ def _tag(mac_key: bytes, header: bytes, body: Sequence[np.ndarray]) -> bytes:
     mac.update(header)
     for b in body:
         mac.update(_LEN.pack(b.size))
-        mac.update(memoryview(b))
+        mac.update(b.data)
     return mac.digest()
 
 

@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from fedai.errors import ConfigError, InsecureParametersError, KeyFileError
 
@@ -52,7 +52,12 @@ BUNDLE_MAGIC = b"FEDAIKEY"
 BUNDLE_FORMAT = 1
 #: HomomorphicEncryption.org standard, 128-bit classical security (SEAL ``he_std_parms``).
 MAX_TOTAL_BITS_128: dict[int, int] = {
-    1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881,
+    1024: 27,
+    2048: 54,
+    4096: 109,
+    8192: 218,
+    16384: 438,
+    32768: 881,
 }
 #: fedai's policy floor: 4096 slots per ciphertext (the packing the benchmarks assume).
 MIN_POLY_MODULUS_DEGREE = 8192
@@ -108,16 +113,19 @@ class CkksParameters:
             out.append(f"poly_modulus_degree must be a power of two in [1024, 32768]; got {n}")
         bits = self.coeff_mod_bit_sizes
         if len(bits) < 2:
-            out.append(f"coeff_mod_bit_sizes must list >= 2 primes (data + special); got "
-                       f"{list(bits)}")
+            out.append(
+                f"coeff_mod_bit_sizes must list >= 2 primes (data + special); got {list(bits)}"
+            )
         if any(not 17 <= b <= 60 for b in bits):
             out.append(f"coeff_mod_bit_sizes must each be in [17, 60]; got {list(bits)}")
         scale = self.global_scale
         if not (math.isfinite(scale) and scale >= 2.0**20):
             out.append(f"global_scale must be >= 2**20; got {scale!r}")
         elif len(bits) >= 2 and self.magnitude_bits < 1:
-            out.append(f"global_scale 2**{math.log2(scale):g} leaves no headroom below the "
-                       f"data modulus 2**{sum(bits[:-1])}; use a smaller scale or more primes")
+            out.append(
+                f"global_scale 2**{math.log2(scale):g} leaves no headroom below the "
+                f"data modulus 2**{sum(bits[:-1])}; use a smaller scale or more primes"
+            )
         return out
 
     def security_problems(self) -> list[str]:
@@ -126,25 +134,33 @@ class CkksParameters:
         n = self.poly_modulus_degree
         limit = MAX_TOTAL_BITS_128.get(n)
         if limit is not None and self.total_bits > limit:
-            out.append(f"total coeff_modulus bits must be <= {limit} for "
-                       f"poly_modulus_degree {n} (128-bit security); got {self.total_bits}")
+            out.append(
+                f"total coeff_modulus bits must be <= {limit} for "
+                f"poly_modulus_degree {n} (128-bit security); got {self.total_bits}"
+            )
         if n < MIN_POLY_MODULUS_DEGREE:
-            out.append(f"poly_modulus_degree must be >= {MIN_POLY_MODULUS_DEGREE} "
-                       f"(fedai's 128-bit profile with 4096 slots); got {n}")
+            out.append(
+                f"poly_modulus_degree must be >= {MIN_POLY_MODULUS_DEGREE} "
+                f"(fedai's 128-bit profile with 4096 slots); got {n}"
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serializable dict."""
-        return {"poly_modulus_degree": self.poly_modulus_degree,
-                "coeff_mod_bit_sizes": list(self.coeff_mod_bit_sizes),
-                "global_scale": self.global_scale}
+        return {
+            "poly_modulus_degree": self.poly_modulus_degree,
+            "coeff_mod_bit_sizes": list(self.coeff_mod_bit_sizes),
+            "global_scale": self.global_scale,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CkksParameters:
         """Inverse of :meth:`to_dict`."""
-        return cls(poly_modulus_degree=int(d["poly_modulus_degree"]),
-                   coeff_mod_bit_sizes=tuple(int(b) for b in d["coeff_mod_bit_sizes"]),
-                   global_scale=float(d["global_scale"]))
+        return cls(
+            poly_modulus_degree=int(d["poly_modulus_degree"]),
+            coeff_mod_bit_sizes=tuple(int(b) for b in d["coeff_mod_bit_sizes"]),
+            global_scale=float(d["global_scale"]),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,8 +185,9 @@ class _Bundle:
     kind: BundleKind
 
     def __init__(self) -> None:
-        raise TypeError(f"build a {type(self).__name__} with create_keys() or a load_*() "
-                        "function, not directly")
+        raise TypeError(
+            f"build a {type(self).__name__} with create_keys() or a load_*() function, not directly"
+        )
 
     _context: ts.Context
     _mac_key: bytes
@@ -179,8 +196,15 @@ class _Bundle:
     _meta: dict[str, Any]
 
     @classmethod
-    def _wrap(cls, context: ts.Context, *, params: CkksParameters, fingerprint: bytes,
-              mac_key: bytes, meta: dict[str, Any]) -> Any:
+    def _wrap(
+        cls,
+        context: ts.Context,
+        *,
+        params: CkksParameters,
+        fingerprint: bytes,
+        mac_key: bytes,
+        meta: dict[str, Any],
+    ) -> Self:
         obj = cls.__new__(cls)
         obj._context = context
         obj._params = params
@@ -209,9 +233,11 @@ class _Bundle:
         return meta
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(fingerprint={self._fingerprint.hex()[:16]}, "
-                f"N={self._params.poly_modulus_degree}, "
-                f"bits={list(self._params.coeff_mod_bit_sizes)})")
+        return (
+            f"{type(self).__name__}(fingerprint={self._fingerprint.hex()[:16]}, "
+            f"N={self._params.poly_modulus_degree}, "
+            f"bits={list(self._params.coeff_mod_bit_sizes)})"
+        )
 
 
 class CoordinatorBundle(_Bundle):
@@ -239,8 +265,12 @@ class ClientBundle(_Bundle):
         """
         if not include_secret_key:
             return self.to_public().serialize()
-        ctx_bytes = self._context.serialize(save_public_key=True, save_secret_key=True,
-                                            save_galois_keys=False, save_relin_keys=False)
+        ctx_bytes = self._context.serialize(
+            save_public_key=True,
+            save_secret_key=True,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
         return _pack_file(self._meta_for("client", ctx_bytes), ctx_bytes)
 
     def to_public(self) -> CoordinatorBundle:
@@ -249,26 +279,39 @@ class ClientBundle(_Bundle):
 
         public = ts.context_from(_keyless_bytes(self._context), n_threads=1)
         _require_keyless(public, Path("<to_public>"))
-        return CoordinatorBundle._wrap(public, params=self._params,
-                                       fingerprint=self._fingerprint, mac_key=self._mac_key,
-                                       meta=self._meta)
+        return CoordinatorBundle._wrap(
+            public,
+            params=self._params,
+            fingerprint=self._fingerprint,
+            mac_key=self._mac_key,
+            meta=self._meta,
+        )
 
 
 def _keyless_bytes(context: ts.Context) -> bytes:
-    return bytes(context.serialize(save_public_key=False, save_secret_key=False,
-                                   save_galois_keys=False, save_relin_keys=False))
+    return bytes(
+        context.serialize(
+            save_public_key=False,
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+    )
 
 
 def _require_keyless(context: ts.Context, path: Path) -> None:
     if context.is_private():
-        raise KeyFileError(f"{path}: expected a coordinator context without a secret key; "
-                           "got one holding a secret key")
+        raise KeyFileError(
+            f"{path}: expected a coordinator context without a secret key; "
+            "got one holding a secret key"
+        )
 
 
 def _fingerprint_of(context: ts.Context) -> bytes:
     """SHA-256 over a domain tag and the parameters + public key serialization."""
-    public = context.serialize(save_public_key=True, save_secret_key=False,
-                               save_galois_keys=False, save_relin_keys=False)
+    public = context.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
     return hashlib.sha256(_FINGERPRINT_DOMAIN + public).digest()
 
 
@@ -281,35 +324,41 @@ def _unpack_file(path: Path, expected: BundleKind) -> tuple[dict[str, Any], byte
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise KeyFileError(f"{path}: expected a readable {expected} bundle file; got "
-                           f"{type(err).__name__}: {err.strerror or err}") from err
+        raise KeyFileError(
+            f"{path}: expected a readable {expected} bundle file; got "
+            f"{type(err).__name__}: {err.strerror or err}"
+        ) from err
     head = len(BUNDLE_MAGIC) + _LEN.size
     if len(data) < head or not data.startswith(BUNDLE_MAGIC):
-        raise KeyFileError(f"{path}: expected a fedai key bundle (starting {BUNDLE_MAGIC!r}); "
-                           f"got {data[:8]!r} ({len(data)} bytes)")
+        raise KeyFileError(
+            f"{path}: expected a fedai key bundle (starting {BUNDLE_MAGIC!r}); "
+            f"got {data[:8]!r} ({len(data)} bytes)"
+        )
     (n,) = _LEN.unpack_from(data, len(BUNDLE_MAGIC))
     if n > _MAX_META_BYTES or head + n > len(data):
-        raise KeyFileError(f"{path}: expected {n} metadata bytes; got a truncated file "
-                           f"({len(data)} bytes)")
+        raise KeyFileError(
+            f"{path}: expected {n} metadata bytes; got a truncated file ({len(data)} bytes)"
+        )
     try:
         meta = json.loads(data[head : head + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise KeyFileError(f"{path}: expected JSON bundle metadata; got {err}") from err
     if not isinstance(meta, dict):
-        raise KeyFileError(f"{path}: expected a JSON object as metadata; got "
-                           f"{type(meta).__name__}")
+        raise KeyFileError(f"{path}: expected a JSON object as metadata; got {type(meta).__name__}")
     if meta.get("format") != BUNDLE_FORMAT:
-        raise KeyFileError(f"{path}: expected bundle format {BUNDLE_FORMAT}; got "
-                           f"{meta.get('format')!r}")
+        raise KeyFileError(
+            f"{path}: expected bundle format {BUNDLE_FORMAT}; got {meta.get('format')!r}"
+        )
     if meta.get("scheme") != "ckks":
         raise KeyFileError(f"{path}: expected scheme 'ckks'; got {meta.get('scheme')!r}")
     if meta.get("kind") != expected:
-        raise KeyFileError(f"{path}: expected a {expected} bundle; got kind "
-                           f"{meta.get('kind')!r}")
+        raise KeyFileError(f"{path}: expected a {expected} bundle; got kind {meta.get('kind')!r}")
     ctx_bytes = data[head + n :]
     if hashlib.sha256(ctx_bytes).hexdigest() != meta.get("context_sha256"):
-        raise KeyFileError(f"{path}: expected the context bytes to match their recorded "
-                           "SHA-256; got a mismatch (file corrupted or truncated)")
+        raise KeyFileError(
+            f"{path}: expected the context bytes to match their recorded "
+            "SHA-256; got a mismatch (file corrupted or truncated)"
+        )
     return meta, ctx_bytes
 
 
@@ -318,8 +367,9 @@ def _resolve(path: str | os.PathLike[str], name: str) -> Path:
     return p / name if p.is_dir() else p
 
 
-def _load(path: Path, kind: BundleKind, n_threads: int) -> tuple[ts.Context, dict[str, Any],
-                                                                 CkksParameters, bytes, bytes]:
+def _load(
+    path: Path, kind: BundleKind, n_threads: int
+) -> tuple[ts.Context, dict[str, Any], CkksParameters, bytes, bytes]:
     import tenseal as ts
 
     meta, ctx_bytes = _unpack_file(path, kind)
@@ -328,18 +378,23 @@ def _load(path: Path, kind: BundleKind, n_threads: int) -> tuple[ts.Context, dic
         fingerprint = bytes.fromhex(meta["fingerprint"])
         mac_key = bytes.fromhex(meta["mac_key"])
     except (KeyError, TypeError, ValueError) as err:
-        raise KeyFileError(f"{path}: expected params, fingerprint and mac_key in the "
-                           f"metadata; got {type(err).__name__}: {err}") from err
+        raise KeyFileError(
+            f"{path}: expected params, fingerprint and mac_key in the "
+            f"metadata; got {type(err).__name__}: {err}"
+        ) from err
     if len(fingerprint) != 32 or len(mac_key) != MAC_KEY_BYTES:
-        raise KeyFileError(f"{path}: expected a 32-byte fingerprint and a {MAC_KEY_BYTES}-byte "
-                           f"mac_key; got {len(fingerprint)} and {len(mac_key)} bytes")
+        raise KeyFileError(
+            f"{path}: expected a 32-byte fingerprint and a {MAC_KEY_BYTES}-byte "
+            f"mac_key; got {len(fingerprint)} and {len(mac_key)} bytes"
+        )
     try:
         context = ts.context_from(ctx_bytes, n_threads=n_threads)
     except (ValueError, RuntimeError) as err:
         raise KeyFileError(f"{path}: expected a TenSEAL CKKS context; got {err}") from err
     if hashlib.sha256(_keyless_bytes(context)).hexdigest() != meta.get("params_sha256"):
-        raise KeyFileError(f"{path}: expected the context parameters recorded at creation; "
-                           "got different ones")
+        raise KeyFileError(
+            f"{path}: expected the context parameters recorded at creation; got different ones"
+        )
     return context, meta, params, fingerprint, mac_key
 
 
@@ -363,15 +418,19 @@ def load_client_bundle(path: str | os.PathLike[str], *, n_threads: int = 1) -> C
     if not context.is_private():
         raise KeyFileError(f"{p}: expected a client context holding the secret key; got none")
     if _fingerprint_of(context) != fingerprint:
-        raise KeyFileError(f"{p}: expected the public key to match fingerprint "
-                           f"{fingerprint.hex()[:16]}; got {_fingerprint_of(context).hex()[:16]}")
-    bundle: ClientBundle = ClientBundle._wrap(context, params=params, fingerprint=fingerprint,
-                                              mac_key=mac_key, meta=meta)
+        raise KeyFileError(
+            f"{p}: expected the public key to match fingerprint "
+            f"{fingerprint.hex()[:16]}; got {_fingerprint_of(context).hex()[:16]}"
+        )
+    bundle: ClientBundle = ClientBundle._wrap(
+        context, params=params, fingerprint=fingerprint, mac_key=mac_key, meta=meta
+    )
     return bundle
 
 
-def load_coordinator_bundle(path: str | os.PathLike[str], *,
-                            n_threads: int = 1) -> CoordinatorBundle:
+def load_coordinator_bundle(
+    path: str | os.PathLike[str], *, n_threads: int = 1
+) -> CoordinatorBundle:
     """Load a coordinator bundle and prove it holds no secret key.
 
     Args:
@@ -389,7 +448,8 @@ def load_coordinator_bundle(path: str | os.PathLike[str], *,
     context, meta, params, fingerprint, mac_key = _load(p, "coordinator", n_threads)
     _require_keyless(context, p)
     bundle: CoordinatorBundle = CoordinatorBundle._wrap(
-        context, params=params, fingerprint=fingerprint, mac_key=mac_key, meta=meta)
+        context, params=params, fingerprint=fingerprint, mac_key=mac_key, meta=meta
+    )
     return bundle
 
 
@@ -403,10 +463,17 @@ def read_bundle_info(path: str | os.PathLike[str]) -> BundleInfo:
     except (KeyError, TypeError, ValueError) as err:
         raise KeyFileError(f"{p}: expected params in the metadata; got {err}") from err
     st = p.stat()
-    return BundleInfo(path=p, kind=kind, scheme=str(meta["scheme"]),
-                      fingerprint=str(meta.get("fingerprint", "")), params=params,
-                      created=str(meta.get("created", "")), forced=bool(meta.get("forced")),
-                      size_bytes=st.st_size, mode=st.st_mode & 0o777)
+    return BundleInfo(
+        path=p,
+        kind=kind,
+        scheme=str(meta["scheme"]),
+        fingerprint=str(meta.get("fingerprint", "")),
+        params=params,
+        created=str(meta.get("created", "")),
+        forced=bool(meta.get("forced")),
+        size_bytes=st.st_size,
+        mode=st.st_mode & 0o777,
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -461,43 +528,56 @@ def create_keys(
     import tenseal as ts
 
     if scheme != "ckks":
-        raise ConfigError(f"keys scheme must be 'ckks' (paillier bundles are not available "
-                          f"yet); got {scheme!r}")
-    params = CkksParameters(poly_modulus_degree=int(poly_modulus_degree),
-                            coeff_mod_bit_sizes=tuple(int(b) for b in coeff_mod_bit_sizes),
-                            global_scale=float(global_scale))
+        raise ConfigError(
+            f"keys scheme must be 'ckks' (paillier bundles are not available yet); got {scheme!r}"
+        )
+    params = CkksParameters(
+        poly_modulus_degree=int(poly_modulus_degree),
+        coeff_mod_bit_sizes=tuple(int(b) for b in coeff_mod_bit_sizes),
+        global_scale=float(global_scale),
+    )
     problems = params.problems()
     if problems:
         raise ConfigError(problems)
     insecure = params.security_problems()
     table_limit = MAX_TOTAL_BITS_128.get(params.poly_modulus_degree, 0)
     if insecure and (not force or params.total_bits > table_limit):
-        hint = ("SEAL refuses moduli beyond the table even when forced"
-                if params.total_bits > table_limit else "pass force=True / --force to accept")
+        hint = (
+            "SEAL refuses moduli beyond the table even when forced"
+            if params.total_bits > table_limit
+            else "pass force=True / --force to accept"
+        )
         raise InsecureParametersError("; ".join(insecure) + f" ({hint})")
     if insecure:
-        logger.warning("creating CKKS keys below the 128-bit profile (forced): %s",
-                       "; ".join(insecure))
+        logger.warning(
+            "creating CKKS keys below the 128-bit profile (forced): %s", "; ".join(insecure)
+        )
 
     out = Path(out_dir)
     targets = [out / CLIENT_BUNDLE, out / COORDINATOR_BUNDLE]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise KeyFileError(f"{existing[0]}: expected no existing key set in {out}; got one "
-                           "(pass overwrite=True / --overwrite to replace it; old "
-                           "ciphertexts become unreadable)")
+        raise KeyFileError(
+            f"{existing[0]}: expected no existing key set in {out}; got one "
+            "(pass overwrite=True / --overwrite to replace it; old "
+            "ciphertexts become unreadable)"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise KeyFileError(f"{out}: expected a writable key directory; got {err}") from err
 
     try:
-        context = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree,
-                             coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-                             n_threads=n_threads)
+        context = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            n_threads=n_threads,
+        )
     except ValueError as err:  # SEAL's own parameter / security check
-        raise InsecureParametersError(f"SEAL rejected the parameters {params.to_dict()}: "
-                                      f"{err}") from err
+        raise InsecureParametersError(
+            f"SEAL rejected the parameters {params.to_dict()}: {err}"
+        ) from err
     context.global_scale = params.global_scale
     meta: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
@@ -510,15 +590,24 @@ def create_keys(
         "forced": bool(insecure),
     }
     bundle: ClientBundle = ClientBundle._wrap(
-        context, params=params, fingerprint=bytes.fromhex(meta["fingerprint"]),
-        mac_key=bytes.fromhex(meta["mac_key"]), meta=meta)
+        context,
+        params=params,
+        fingerprint=bytes.fromhex(meta["fingerprint"]),
+        mac_key=bytes.fromhex(meta["mac_key"]),
+        meta=meta,
+    )
     try:
         _write_private(targets[0], bundle.serialize(include_secret_key=True))
         _write_private(targets[1], bundle.serialize(include_secret_key=False))
     except OSError as err:
         raise KeyFileError(f"{out}: expected to write the key bundles; got {err}") from err
-    logger.info("created CKKS key set %s in %s (N=%d, bits=%s)", meta["fingerprint"][:16], out,
-                params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    logger.info(
+        "created CKKS key set %s in %s (N=%d, bits=%s)",
+        meta["fingerprint"][:16],
+        out,
+        params.poly_modulus_degree,
+        list(params.coeff_mod_bit_sizes),
+    )
     return bundle
 
 

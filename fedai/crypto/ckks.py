@@ -1,0 +1,404 @@
+"""CKKS secure sum (TenSEAL): clients encrypt weighted weights, the coordinator only adds.
+
+Implements the :mod:`fedai.aggregation` seam with CKKS (Cheon, Kim, Kim & Song,
+ASIACRYPT 2017) through TenSEAL (Benaissa et al., 2021):
+
+* :class:`CkksCodec` (client, holds the secret key) encodes ``n_i * w_i`` -- all model
+  values flattened and packed into ``N/2 = 4096``-slot ciphertexts -- and decodes the
+  aggregate: decrypt, divide by the total weight, bounds-check, optionally flood with
+  noise, round.
+* :class:`CkksSum` (coordinator, holds **no key**) authenticates each payload
+  (:mod:`fedai.crypto.envelope`) and adds ciphertexts slot-wise; no multiplication, no
+  rescaling, so no relinearisation key and no level is used.
+
+Scaling choice (headroom vs precision). CKKS decryption error is *additive* and about
+1e-8 in value units whatever the magnitude (measured: 7e-9 for |x| up to 1e6 at scale
+2^40), while the magnitude is capped at ``2**magnitude_bits`` (2^98 for [60,40,40,60]) by
+the data modulus. fedai therefore encrypts ``n_i * w_i`` in natural units (dividing by
+the public bound first would multiply the final error by the bound, 100x by default,
+and buy headroom nobody needs) and uses the public bound ``update_bound`` (B) to *check*
+headroom instead: a client refuses to encode unless ``|w| <= B`` and ``n_i * B`` fits, and
+a client refuses to decode an aggregate whose worst case ``N * B`` could have wrapped
+around the modulus. With the 60-bit aggregation-only chain [60, 40] the cap is 2^18, so
+``N <= 2621`` at B = 100; :attr:`CkksCodec.max_total_weight` reports it.
+
+Shared decryptions. Every client sees the decrypted aggregate, and revealing CKKS
+decryptions can leak the secret key (Li & Micciancio, "On the Security of Homomorphic
+Encryption on Approximate Numbers", EUROCRYPT 2021). :meth:`CkksCodec.decode` therefore
+never returns raw decryptions: it rounds to ``round_decimals`` (default 6, erasing the
+~1e-8 error in all but boundary cases) and can first add Gaussian noise of standard
+deviation ``flood_sigma`` (noise flooding, Li, Micciancio, Schultz & Sorrell, CRYPTO 2022).
+Rounding alone is a mitigation, not an IND-CPA^D proof; flooding with a sigma far above
+the decryption error is the provable countermeasure, at an accuracy cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedai.crypto.envelope import Envelope, PayloadKind, Scheme
+from fedai.crypto.keys import ClientBundle, CoordinatorBundle, load_client_bundle
+from fedai.crypto.packing import chunk_bounds, flatten, unflatten
+from fedai.errors import ConfigError, CorruptPayloadError, KeyFileError
+
+if TYPE_CHECKING:
+    import tenseal as ts
+
+    from fedai.aggregation import Payload, Shapes
+    from fedai.config import SecureAggregationSection
+
+logger = logging.getLogger(__name__)
+
+
+def _deserialize(
+    context: ts.Context, blob: np.ndarray, expected_size: int, where: str
+) -> ts.CKKSVector:
+    """Load one ciphertext and check its slot count; every failure is CorruptPayloadError."""
+    import tenseal as ts
+
+    try:
+        vec = ts.ckks_vector_from(context, blob.tobytes())
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CorruptPayloadError(
+            f"{where} must be a CKKS ciphertext under this key set; got {type(err).__name__}: {err}"
+        ) from err
+    size = int(vec.size())
+    if size != expected_size:
+        raise CorruptPayloadError(f"{where} must hold {expected_size} values; got {size}")
+    return vec
+
+
+class CkksCodec:
+    """Client side of CKKS secure aggregation (holds the secret key).
+
+    Args:
+        bundle: The client key bundle.
+        update_bound: Public bound B on every |model value| (``secure_aggregation.
+            update_bound``). Inputs beyond it are refused; aggregates beyond it are
+            treated as corrupt.
+        round_decimals: Decimals kept after decryption (``secure_aggregation.
+            round_decimals``); None disables rounding (tests and benchmarks only).
+        flood_sigma: Standard deviation of Gaussian noise added to decrypted averages
+            before rounding (0 disables flooding).
+        rng: Randomness for flooding; required when ``flood_sigma > 0``.
+
+    Raises:
+        ConfigError: A parameter is out of range.
+    """
+
+    name = "ckks"
+
+    def __init__(
+        self,
+        bundle: ClientBundle,
+        *,
+        update_bound: float = 100.0,
+        round_decimals: int | None = 6,
+        flood_sigma: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        problems: list[str] = []
+        given: object = bundle  # untyped callers may pass a coordinator bundle
+        if not isinstance(given, ClientBundle):
+            problems.append(f"bundle must be a ClientBundle; got {type(bundle).__name__}")
+        if not (math.isfinite(update_bound) and update_bound > 0):
+            problems.append(f"update_bound must be > 0 and finite; got {update_bound!r}")
+        if round_decimals is not None and not 1 <= round_decimals <= 12:
+            problems.append(f"round_decimals must be in [1, 12] or None; got {round_decimals!r}")
+        if not (math.isfinite(flood_sigma) and flood_sigma >= 0):
+            problems.append(f"flood_sigma must be >= 0 and finite; got {flood_sigma!r}")
+        if flood_sigma > 0 and rng is None:
+            problems.append("rng must be given when flood_sigma > 0; got None")
+        if problems:
+            raise ConfigError(problems)
+        self._bundle = bundle
+        self.update_bound = float(update_bound)
+        self.round_decimals = round_decimals
+        self.flood_sigma = float(flood_sigma)
+        self._rng = rng
+        self._slots = bundle.params.slots
+
+    @classmethod
+    def from_config(
+        cls, section: SecureAggregationSection, *, rng: np.random.Generator | None = None
+    ) -> CkksCodec:
+        """Build the codec from ``[secure_aggregation]``, loading ``key_dir``'s client bundle.
+
+        Raises:
+            ConfigError: The scheme is not ``ckks`` or ``key_dir`` is empty.
+            KeyFileError: The client bundle cannot be loaded.
+        """
+        if section.scheme != "ckks":
+            raise ConfigError(
+                f"secure_aggregation.scheme must be 'ckks' for CkksCodec; got {section.scheme!r}"
+            )
+        if not section.key_dir:
+            raise ConfigError(
+                "secure_aggregation.key_dir must name a key directory (fedai keys create); got ''"
+            )
+        return cls(
+            load_client_bundle(section.key_dir),
+            update_bound=section.update_bound,
+            round_decimals=section.round_decimals,
+            rng=rng,
+        )
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The key-set fingerprint every payload carries."""
+        return self._bundle.fingerprint
+
+    @property
+    def max_total_weight(self) -> float:
+        """Largest total weight N whose worst-case sum ``N * B`` cannot wrap the modulus."""
+        return float(2.0**self._bundle.params.magnitude_bits / self.update_bound)
+
+    def encode(self, weights: Sequence[np.ndarray], weight: float) -> Payload:
+        """Encrypt ``weight * weights``, packed into 4096-slot ciphertexts.
+
+        Args:
+            weights: The local model's arrays (float16/32/64). Not modified.
+            weight: This client's aggregation weight ``n_i`` (e.g. its example count).
+
+        Returns:
+            ``[header, ciphertext_0, ...]`` as uint8 arrays (see
+            :mod:`fedai.crypto.envelope`).
+
+        Raises:
+            ConfigError: ``weight`` is not positive, a value is not finite or exceeds the
+                public ``update_bound``, or ``weight * update_bound`` exceeds the headroom.
+        """
+        import tenseal as ts
+
+        weight = float(weight)
+        if not (math.isfinite(weight) and weight > 0):
+            raise ConfigError(f"aggregation weight must be > 0 and finite; got {weight!r}")
+        if weight > self.max_total_weight:
+            raise ConfigError(
+                f"aggregation weight must be <= {self.max_total_weight:g} "
+                f"(CKKS headroom at update_bound {self.update_bound:g}); got "
+                f"{weight:g}"
+            )
+        try:
+            flat, specs = flatten(weights)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if flat.size == 0:
+            raise ConfigError("weights must hold at least one value; got none")
+        if not np.all(np.isfinite(flat)):
+            raise ConfigError("weights must be finite to encode; got NaN or inf")
+        worst = float(np.max(np.abs(flat)))
+        if worst > self.update_bound:
+            raise ConfigError(
+                f"every |weight value| must be <= secure_aggregation."
+                f"update_bound {self.update_bound:g}; got {worst:g}"
+            )
+        scaled = flat * weight
+        start = time.perf_counter()
+        context = self._bundle._context
+        blobs = [
+            ts.ckks_vector(context, scaled[lo:hi]).serialize()
+            for lo, hi in chunk_bounds(scaled.size, self._slots)
+        ]
+        env = Envelope(
+            scheme=Scheme.CKKS,
+            kind=PayloadKind.CONTRIBUTION,
+            fingerprint=self._bundle.fingerprint,
+            n_values=int(scaled.size),
+            slots=self._slots,
+            n_summands=1,
+            specs=tuple(specs),
+        )
+        payload = env.to_payload(blobs, mac_key=self._bundle._mac_key)
+        logger.debug(
+            "encrypted %d values into %d ciphertexts (%d bytes) in %.3f s",
+            scaled.size,
+            len(blobs),
+            sum(a.size for a in payload),
+            time.perf_counter() - start,
+        )
+        return payload
+
+    def decode(self, payload: Payload, total_weight: float, shapes: Shapes) -> list[np.ndarray]:
+        """Decrypt an aggregate, divide by the total weight, bounds-check, flood and round.
+
+        Args:
+            payload: The coordinator's sum (or a single contribution).
+            total_weight: ``N``, the sum of the summed contributions' weights.
+            shapes: The model's array shapes, in order.
+
+        Returns:
+            New arrays of ``shapes`` in the dtypes recorded at encoding.
+
+        Raises:
+            KeyMismatchError: The payload was made under another key set.
+            CorruptPayloadError: The payload is malformed or unauthenticated, ``N`` is not
+                positive or exceeds the headroom, or a decrypted average is not finite or
+                exceeds ``update_bound`` (a corrupted ciphertext decrypts to ~1e31).
+        """
+        total_weight = float(total_weight)
+        if not (math.isfinite(total_weight) and total_weight > 0):
+            raise CorruptPayloadError(f"total weight must be > 0 and finite; got {total_weight!r}")
+        if total_weight > self.max_total_weight:
+            raise CorruptPayloadError(
+                f"total weight must be <= {self.max_total_weight:g} so "
+                f"the CKKS sum cannot wrap; got {total_weight:g}"
+            )
+        env, blobs = Envelope.from_payload(
+            payload,
+            scheme=Scheme.CKKS,
+            fingerprint=self._bundle.fingerprint,
+            mac_key=self._bundle._mac_key,
+            slots=self._slots,
+        )
+        expected = [tuple(int(d) for d in s) for s in shapes]
+        if [s.shape for s in env.specs] != expected:
+            raise CorruptPayloadError(
+                f"aggregate shapes must be {expected}; got {[s.shape for s in env.specs]}"
+            )
+        context = self._bundle._context
+        parts = []
+        for j, (lo, hi) in enumerate(chunk_bounds(env.n_values, self._slots)):
+            vec = _deserialize(context, blobs[j], hi - lo, f"aggregate ciphertext {j}")
+            parts.append(np.asarray(vec.decrypt(), dtype=np.float64))
+        avg = np.concatenate(parts) / total_weight
+        slack = 10.0 ** -(self.round_decimals or 6)
+        finite = bool(np.all(np.isfinite(avg)))
+        worst = float(np.max(np.abs(avg))) if finite else math.inf
+        if worst > self.update_bound + slack:
+            raise CorruptPayloadError(
+                f"decrypted average must be within "
+                f"+-{self.update_bound:g} (update_bound); got "
+                f"{worst:.3g}: a summed ciphertext is corrupt"
+            )
+        if self.flood_sigma > 0:
+            assert self._rng is not None  # enforced in __init__
+            avg = avg + self._rng.normal(0.0, self.flood_sigma, size=avg.shape)
+        if self.round_decimals is not None:
+            avg = np.round(avg, self.round_decimals)
+        return unflatten(avg, env.specs)
+
+
+class CkksSum:
+    """Coordinator side of CKKS secure aggregation: authenticates and adds, holds no key.
+
+    Args:
+        bundle: The coordinator bundle (keyless context). A client bundle is refused.
+
+    Raises:
+        KeyFileError: ``bundle`` is not a keyless coordinator bundle.
+    """
+
+    name = "ckks"
+
+    def __init__(self, bundle: CoordinatorBundle) -> None:
+        if not isinstance(bundle, CoordinatorBundle):
+            raise KeyFileError(
+                f"coordinator bundle must be a keyless CoordinatorBundle; got "
+                f"{type(bundle).__name__}"
+            )
+        if bundle.is_private():
+            raise KeyFileError(
+                "coordinator bundle must hold no secret key; got one holding a secret key"
+            )
+        self._bundle = bundle
+        self._slots = bundle.params.slots
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The key-set fingerprint payloads must carry."""
+        return self._bundle.fingerprint
+
+    def is_private(self) -> bool:
+        """Return whether this object's context holds a secret key (always False)."""
+        return self._bundle.is_private()
+
+    def _open(self, payload: Payload) -> tuple[Envelope, list[np.ndarray]]:
+        return Envelope.from_payload(
+            payload,
+            scheme=Scheme.CKKS,
+            fingerprint=self._bundle.fingerprint,
+            mac_key=self._bundle._mac_key,
+            slots=self._slots,
+        )
+
+    def check(self, payload: Payload) -> None:
+        """Validate one client contribution before it is summed.
+
+        Checks structure, key fingerprint, value/ciphertext counts and the authentication
+        tag over every byte; does not decrypt (it cannot).
+
+        Raises:
+            KeyMismatchError: The payload was made under another key set.
+            CorruptPayloadError: It is empty, truncated, random, miscounted, not a
+                contribution, or its tag does not match.
+        """
+        env, _ = self._open(payload)
+        if env.kind is not PayloadKind.CONTRIBUTION:
+            raise CorruptPayloadError(
+                "payload kind must be a client contribution; got an aggregate"
+            )
+
+    def sum(self, payloads: Sequence[Payload]) -> Payload:
+        """Add checked contributions ciphertext by ciphertext.
+
+        Args:
+            payloads: Contributions that passed :meth:`check`, all with the same layout.
+
+        Returns:
+            An aggregate payload (same layout, ``n_summands`` = total summed).
+
+        Raises:
+            KeyMismatchError: A payload was made under another key set.
+            CorruptPayloadError: No payloads, layouts differ, or a ciphertext fails to load.
+        """
+        if not payloads:
+            raise CorruptPayloadError("sum needs at least one payload; got none")
+        start = time.perf_counter()
+        opened = [self._open(p) for p in payloads]
+        first = opened[0][0]
+        for i, (env, _) in enumerate(opened):
+            if env.specs != first.specs:
+                raise CorruptPayloadError(
+                    f"payload {i} layout must match payload 0 "
+                    f"({len(first.specs)} arrays, {first.n_values} "
+                    f"values); got {len(env.specs)} arrays, "
+                    f"{env.n_values} values"
+                )
+        context = self._bundle._context
+        out: list[bytes] = []
+        for j, (lo, hi) in enumerate(chunk_bounds(first.n_values, self._slots)):
+            # Accumulate into the first freshly loaded vector: CKKSVector.copy() segfaults
+            # on a keyless context (TenSEAL 0.3.18), so never copy here.
+            acc = _deserialize(context, opened[0][1][j], hi - lo, f"payload 0 ciphertext {j}")
+            for i in range(1, len(opened)):
+                acc.add_(
+                    _deserialize(context, opened[i][1][j], hi - lo, f"payload {i} ciphertext {j}")
+                )
+            out.append(acc.serialize())
+        total = sum(env.n_summands for env, _ in opened)
+        agg = Envelope(
+            scheme=Scheme.CKKS,
+            kind=PayloadKind.AGGREGATE,
+            fingerprint=self._bundle.fingerprint,
+            n_values=first.n_values,
+            slots=self._slots,
+            n_summands=total,
+            specs=first.specs,
+        )
+        logger.debug(
+            "summed %d contributions of %d values in %.3f s",
+            len(payloads),
+            first.n_values,
+            time.perf_counter() - start,
+        )
+        return agg.to_payload(out, mac_key=self._bundle._mac_key)
+
+
+__all__ = ["CkksCodec", "CkksSum"]
