@@ -20,7 +20,12 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int
     """Run the apps under Flower's Ray Simulation Engine; return wall seconds."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import logging
+
     from flwr.simulation import run_simulation
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
 
     backend_config = {
         "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
