@@ -24,6 +24,7 @@ from fedai.inference.encoding import (
     Layout,
     choose_layout,
     chunk_rows,
+    rows_per_ciphertext,
 )
 
 logger = logging.getLogger(__name__)
@@ -147,8 +148,10 @@ def encrypted_predict(
     rows: np.ndarray,
     *,
     layout: Layout | None = None,
+    max_rows: int | None = None,
+    max_ciphertexts: int | None = None,
 ) -> np.ndarray:
-    """Run a served model on ``rows``: one round trip per linear layer.
+    """Run a served model on ``rows``: one round trip per linear layer (per request chunk).
 
     The querier encrypts, the holder evaluates the layer on ciphertexts, the querier
     decrypts and applies the layer's activation before encrypting again for the next layer.
@@ -159,12 +162,15 @@ def encrypted_predict(
         layers: the served layers' shapes, in order.
         rows: ``(n, d)`` feature rows.
         layout: force a layout; default picks per layer with :func:`choose_layout`.
+        max_rows: most rows one request may carry (the server's limit); default no limit.
+        max_ciphertexts: most ciphertexts one request may carry; default no limit.
 
     Returns:
         The last layer's decrypted outputs, shape ``(n, out_features)``.
 
     Raises:
-        InferenceError: if ``rows`` does not match the first layer.
+        InferenceError: if ``rows`` does not match the first layer, or a request cannot be
+            made small enough for the limits.
     """
     x = _check_rows(rows)
     if not layers:
@@ -173,14 +179,48 @@ def encrypted_predict(
         raise InferenceError(f"rows must have {layers[0].in_features} features; got {x.shape[1]}")
     context = querier.public_context()
     for index, layer in enumerate(layers):
-        chosen = layout or choose_layout(
-            x.shape[0], layer.in_features, layer.out_features, querier.profile
+        chosen, per_request = _plan(
+            x.shape[0], layer, querier.profile, layout, max_rows, max_ciphertexts
         )
-        batch = querier.encrypt(x, layout=chosen)
-        x = querier.decrypt(evaluate(index, context, batch))
+        parts = []
+        for start in range(0, x.shape[0], per_request):
+            batch = querier.encrypt(x[start : start + per_request], layout=chosen)
+            parts.append(querier.decrypt(evaluate(index, context, batch)))
+        x = np.concatenate(parts, axis=0)
         if layer.activation is Activation.RELU:
             x = np.maximum(x, 0.0)
     return x
+
+
+def _plan(
+    n: int,
+    layer: LayerInfo,
+    profile: CkksProfile,
+    layout: Layout | None,
+    max_rows: int | None,
+    max_ciphertexts: int | None,
+) -> tuple[Layout, int]:
+    """Return the layout and the rows per request for one layer."""
+    row_cap = min(n, max_rows) if max_rows is not None else n
+    if row_cap < 1:
+        raise InferenceError(f"max_rows must be >= 1; got {max_rows}")
+    d = layer.in_features
+    chosen = layout or choose_layout(row_cap, d, layer.out_features, profile)
+    if max_ciphertexts is None:
+        return chosen, row_cap
+    if chosen is Layout.COLUMNS and d + 1 > max_ciphertexts and layout is None:
+        chosen = Layout.ROWS
+    if chosen is Layout.COLUMNS:
+        if d + 1 > max_ciphertexts:
+            raise InferenceError(
+                f"layout columns needs {d + 1} ciphertexts per request; the limit is "
+                f"{max_ciphertexts}"
+            )
+        per_ct = rows_per_ciphertext(chosen, d, profile)
+        return chosen, min(row_cap, per_ct * (max_ciphertexts // (d + 1)))
+    if max_ciphertexts < 1:
+        raise InferenceError(f"max_ciphertexts must be >= 1; got {max_ciphertexts}")
+    return chosen, min(row_cap, rows_per_ciphertext(chosen, d, profile) * max_ciphertexts)
 
 
 __all__ = ["LayerEvaluator", "Querier", "encrypted_predict"]

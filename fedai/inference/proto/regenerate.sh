@@ -6,5 +6,5 @@ set -eu
 PYTHON="${PYTHON:-.venv/bin/python}"
 "$PYTHON" -m grpc_tools.protoc \
   --proto_path=fedai/inference/proto=fedai/inference \
-  --python_out=. --pyi_out=. --grpc_python_out=. \
+  --python_out=. --grpc_python_out=. \
   fedai/inference/inference.proto
