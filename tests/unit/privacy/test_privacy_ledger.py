@@ -177,15 +177,15 @@ def test_failed_save_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_corrupt_file_raises_naming_it(tmp_path: Path, content: str) -> None:
     path = tmp_path / "ledger.json"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(LedgerError, match="ledger.json"):
+    with pytest.raises(LedgerError, match=r"ledger\.json"):
         PrivacyLedger.load(path)
-    with pytest.raises(LedgerError, match="ledger.json"):
+    with pytest.raises(LedgerError, match=r"ledger\.json"):
         PrivacyLedger.open(path, client_id="client-3", delta=1e-5)
     assert path.read_text(encoding="utf-8") == content  # never silently reset
 
 
 def test_missing_file_load_is_an_error_open_starts_fresh(tmp_path: Path) -> None:
-    with pytest.raises(LedgerError, match="nope.json"):
+    with pytest.raises(LedgerError, match=r"nope\.json"):
         PrivacyLedger.load(tmp_path / "nope.json")
     fresh = PrivacyLedger.open(tmp_path / "nope.json", client_id="c", delta=1e-5)
     assert len(fresh) == 0
