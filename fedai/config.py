@@ -57,7 +57,7 @@ def _problems_range(name: str, value: float, lo: float | None, hi: float | None,
 class ExperimentSection:
     """``[experiment]``: identity and shape of the federation."""
 
-    name: str = "experiment"
+    name: str = "quickstart"
     seed: int = 0
     rounds: int = 20
     num_clients: int = 10
@@ -227,17 +227,31 @@ class SecureAggregationSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditSection:
-    """``[audit]``: membership-inference audit of the trained model."""
+    """``[audit]``: membership-inference audit of the trained model (``fedai audit``).
+
+    The pooled data set is shuffled and halved: ``member_fraction`` of the first half are
+    members (the audited model's training set), as many again are non-members, and the
+    second half feeds ``shadow_models`` offline-LiRA shadow models. The audited model is
+    trained centrally for ``epochs`` epochs with the ``[train]`` and ``[privacy]`` settings.
+    """
 
     attacks: str = "loss,lira"
     shadow_models: int = 4
     member_fraction: float = 0.5
+    epochs: int = 50
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
         out = _problems_range("audit.shadow_models", self.shadow_models, 1, 256)
-        out += _problems_range("audit.member_fraction", self.member_fraction, 0, 1,
-                               lo_open=True, hi_open=True)
+        out += _problems_range("audit.member_fraction", self.member_fraction, 0, 0.5,
+                               lo_open=True)
+        out += _problems_range("audit.epochs", self.epochs, 1, 100_000)
+        names = [a.strip() for a in self.attacks.split(",") if a.strip()]
+        if not names or any(a not in ("loss", "lira") for a in names):
+            out.append(f"audit.attacks must be a comma list of loss, lira; got {self.attacks!r}")
+        if "lira" in names and self.shadow_models < 2:
+            out.append("audit.shadow_models must be >= 2 for the lira attack; got "
+                       f"{self.shadow_models}")
         return out
 
 
