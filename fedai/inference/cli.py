@@ -15,7 +15,7 @@ from fedai.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "FEDAI_TOKEN"
+TOKEN_ENV = "FEDAI_TOKEN"  # noqa: S105  (the variable name, not a secret)
 
 
 def register(subparsers: Any) -> None:
@@ -161,7 +161,7 @@ def predictions(scores: np.ndarray) -> np.ndarray:
     """Class predictions: argmax of the scores, or ``score > 0`` for a single score."""
     if scores.shape[1] == 1:
         return (scores[:, 0] > 0).astype(np.int64)
-    return np.argmax(scores, axis=1)
+    return np.asarray(np.argmax(scores, axis=1), dtype=np.int64)
 
 
 def write_scores(path: Path, scores: np.ndarray) -> None:

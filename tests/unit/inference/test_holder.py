@@ -27,8 +27,9 @@ def holder():
     rng = np.random.default_rng(1)
     return ModelHolder(
         [
-            LinearLayer(weight=rng.normal(size=(6, 9)), bias=rng.normal(size=6),
-                        activation=Activation.RELU),
+            LinearLayer(
+                weight=rng.normal(size=(6, 9)), bias=rng.normal(size=6), activation=Activation.RELU
+            ),
             LinearLayer(weight=rng.normal(size=(3, 6)), bias=rng.normal(size=3)),
         ],
         rng=np.random.default_rng(2),
@@ -73,7 +74,8 @@ def test_rows_reply_hides_products_behind_masks(querier, holder):
     products = (x * holder.layers[0].weight[0]).ravel()
     assert np.median(np.abs(raw - products)) > 100.0
     np.testing.assert_allclose(
-        raw.reshape(2, 9).sum(1), x @ holder.layers[0].weight[0] + holder.layers[0].bias[0],
+        raw.reshape(2, 9).sum(1),
+        x @ holder.layers[0].weight[0] + holder.layers[0].bias[0],
         atol=1e-4,
     )
 
@@ -85,7 +87,7 @@ def test_public_context_has_no_secret_key(querier):
 def test_context_with_secret_key_refused(querier, holder):
     batch = querier.encrypt(np.ones((1, 9)), layout=Layout.ROWS)
     private = querier._context.serialize(save_secret_key=True)
-    with pytest.raises(InferenceError, match="context must be public .* secret key"):
+    with pytest.raises(InferenceError, match=r"context must be public .* secret key"):
         holder.evaluate(0, private, batch)
 
 
@@ -133,8 +135,9 @@ def test_ciphertext_of_wrong_size_refused(querier, holder):
 
 def test_wrong_ciphertext_count_refused(querier, holder):
     batch = querier.encrypt(np.ones((1, 9)), layout=Layout.COLUMNS)
-    short = EncryptedBatch(layout=Layout.COLUMNS, rows=1, features=9,
-                           ciphertexts=batch.ciphertexts[:-1])
+    short = EncryptedBatch(
+        layout=Layout.COLUMNS, rows=1, features=9, ciphertexts=batch.ciphertexts[:-1]
+    )
     with pytest.raises(InferenceError, match="need 10 ciphertexts; got 9"):
         holder.evaluate(0, querier.public_context(), short)
 
@@ -143,14 +146,16 @@ def test_layers_from_mlp_model_chain_with_relu():
     spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10, hidden=16)
     layers = layers_from_model(build_model(spec, seed=0), spec)
     assert [(lay.info.in_features, lay.info.out_features) for lay in layers] == [
-        (64, 16), (16, 16), (16, 10)]
-    assert [lay.activation for lay in layers] == [Activation.RELU, Activation.RELU,
-                                                  Activation.NONE]
+        (64, 16),
+        (16, 16),
+        (16, 10),
+    ]
+    assert [lay.activation for lay in layers] == [Activation.RELU, Activation.RELU, Activation.NONE]
 
 
 def test_cnn_model_refused():
     spec = ModelSpec(name="cnn", input_shape=(1, 8, 8), num_classes=10)
-    with pytest.raises(InferenceError, match="model.name must be logreg or mlp"):
+    with pytest.raises(InferenceError, match=r"model\.name must be logreg or mlp"):
         layers_from_model(build_model(spec, seed=0), spec)
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: S106  (test tokens are fixtures, not secrets)
 import json
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_tokens_file_identifies_token_ids(tmp_path):
 def test_tokens_file_problems_reported_together(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"alice {ALICE}\nalice {BOB}\nbroken\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="must be unique.*must be '<token-id> <token>'"):
+    with pytest.raises(ConfigError, match=r"must be unique.*must be '<token-id> <token>'"):
         TokenStore.from_file(path)
 
 
@@ -37,7 +38,7 @@ def test_short_token_refused():
 
 
 def test_missing_tokens_file_refused(tmp_path):
-    with pytest.raises(ConfigError, match="tokens file .* must be readable"):
+    with pytest.raises(ConfigError, match=r"tokens file .* must be readable"):
         TokenStore.from_file(tmp_path / "absent")
 
 
