@@ -93,9 +93,14 @@ def attack_metrics(
         ok = fpr <= target
         return float(tpr[ok].max()) if ok.any() else 0.0
 
-    return AttackResult(attack=attack, auc=float(roc_auc_score(labels, scores)),
-                        tpr_at_1pct_fpr=tpr_at(0.01), tpr_at_01pct_fpr=tpr_at(0.001),
-                        num_members=int(m.size), num_nonmembers=int(n.size))
+    return AttackResult(
+        attack=attack,
+        auc=float(roc_auc_score(labels, scores)),
+        tpr_at_1pct_fpr=tpr_at(0.01),
+        tpr_at_01pct_fpr=tpr_at(0.001),
+        num_members=int(m.size),
+        num_nonmembers=int(n.size),
+    )
 
 
 def _logits(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
@@ -115,7 +120,7 @@ def per_example_loss(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarr
     logits = _logits(model, x)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(y)), np.asarray(y, dtype=np.int64)]
+    return np.asarray(-log_probs[np.arange(len(y)), np.asarray(y, dtype=np.int64)])
 
 
 def logit_confidence(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -141,8 +146,9 @@ def loss_threshold_attack(
     nonmembers: tuple[np.ndarray, np.ndarray],
 ) -> AttackResult:
     """Loss-threshold membership inference (Yeom et al. 2018): low loss means member."""
-    return attack_metrics("loss", -per_example_loss(model, *members),
-                          -per_example_loss(model, *nonmembers))
+    return attack_metrics(
+        "loss", -per_example_loss(model, *members), -per_example_loss(model, *nonmembers)
+    )
 
 
 def lira_offline_attack(
@@ -188,17 +194,21 @@ def lira_offline_attack(
 class AuditReport:
     """Both attacks on one training procedure, plus the target model's utility."""
 
-    loss: AttackResult
-    lira: AttackResult
+    loss: AttackResult | None
+    lira: AttackResult | None
     train_accuracy: float
     test_accuracy: float
     num_shadow_models: int
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
-        return {"loss": self.loss.to_dict(), "lira": self.lira.to_dict(),
-                "train_accuracy": self.train_accuracy, "test_accuracy": self.test_accuracy,
-                "num_shadow_models": self.num_shadow_models}
+        return {
+            "loss": None if self.loss is None else self.loss.to_dict(),
+            "lira": None if self.lira is None else self.lira.to_dict(),
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "num_shadow_models": self.num_shadow_models,
+        }
 
 
 def _accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -213,6 +223,7 @@ def audit_training(
     num_members: int,
     num_shadow_models: int,
     rng: np.random.Generator,
+    attacks: tuple[str, ...] = ("loss", "lira"),
 ) -> AuditReport:
     """Audit a training procedure end to end with the loss and offline-LiRA attacks.
 
@@ -236,24 +247,36 @@ def audit_training(
             f"non-members, shadow pool); got {n}"
         )
     order = rng.permutation(n)
-    mem, non, pool = order[:num_members], order[num_members : 2 * num_members], order[
-        2 * num_members :]
+    mem, non, pool = (
+        order[:num_members],
+        order[num_members : 2 * num_members],
+        order[2 * num_members :],
+    )
     seeds = rng.integers(0, 2**31 - 1, size=num_shadow_models + 1)
     target = train_fn(x[mem], y[mem], int(seeds[0]))
     shadows = []
-    for i in range(num_shadow_models):
+    for i in range(num_shadow_models if "lira" in attacks else 0):
         pick = rng.choice(pool, size=num_members, replace=False)
         shadows.append(train_fn(x[pick], y[pick], int(seeds[i + 1])))
     members, nonmembers = (x[mem], y[mem]), (x[non], y[non])
     report = AuditReport(
-        loss=loss_threshold_attack(target, members=members, nonmembers=nonmembers),
-        lira=lira_offline_attack(target, shadows, members=members, nonmembers=nonmembers),
+        loss=loss_threshold_attack(target, members=members, nonmembers=nonmembers)
+        if "loss" in attacks
+        else None,
+        lira=lira_offline_attack(target, shadows, members=members, nonmembers=nonmembers)
+        if "lira" in attacks
+        else None,
         train_accuracy=_accuracy(target, *members),
         test_accuracy=_accuracy(target, *nonmembers),
         num_shadow_models=num_shadow_models,
     )
-    logger.info("audit: loss AUC %.3f, LiRA AUC %.3f, train acc %.3f, test acc %.3f",
-                report.loss.auc, report.lira.auc, report.train_accuracy, report.test_accuracy)
+    logger.info(
+        "audit: loss %s, LiRA %s, train acc %.3f, test acc %.3f",
+        report.loss,
+        report.lira,
+        report.train_accuracy,
+        report.test_accuracy,
+    )
     return report
 
 
@@ -282,8 +305,9 @@ def make_train_fn(
 
     def train(xs: np.ndarray, ys: np.ndarray, seed: int) -> nn.Module:
         model = build_model(spec, seed=seed)
-        data = TensorDataset(torch.as_tensor(xs, dtype=torch.float32),
-                             torch.as_tensor(ys, dtype=torch.int64))
+        data = TensorDataset(
+            torch.as_tensor(xs, dtype=torch.float32), torch.as_tensor(ys, dtype=torch.int64)
+        )
         gen = torch.Generator().manual_seed(seed)
 
         def factory(params: Any) -> torch.optim.Optimizer:
@@ -301,10 +325,16 @@ def make_train_fn(
                     opt.step()
             return model
         loader = DataLoader(data, batch_size=batch_size, generator=gen)
-        result = train_dp_sgd(model, loader=loader, optimizer_factory=factory, epochs=epochs,
-                              noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                              grad_sample_mode=grad_sample_mode,
-                              noise_generator=torch.Generator().manual_seed(seed + 1))
+        result = train_dp_sgd(
+            model,
+            loader=loader,
+            optimizer_factory=factory,
+            epochs=epochs,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            grad_sample_mode=grad_sample_mode,
+            noise_generator=torch.Generator().manual_seed(seed + 1),
+        )
         model.load_state_dict(result.state_dict)
         return model
 
@@ -336,13 +366,28 @@ def compare_dp_audit(
 
     reports = {}
     for name, sigma in (("non_private", None), ("dp", noise_multiplier)):
-        fn = make_train_fn(spec=spec, epochs=epochs, batch_size=batch_size, lr=lr,
-                           noise_multiplier=sigma, max_grad_norm=max_grad_norm)
-        reports[name] = audit_training(x=x, y=y, train_fn=fn, num_members=num_members,
-                                       num_shadow_models=num_shadow_models,
-                                       rng=np.random.default_rng(seed)).to_dict()
-    event = planned_event(noise_multiplier=noise_multiplier, num_samples=num_members,
-                          batch_size=batch_size, epochs=epochs)
+        fn = make_train_fn(
+            spec=spec,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            noise_multiplier=sigma,
+            max_grad_norm=max_grad_norm,
+        )
+        reports[name] = audit_training(
+            x=x,
+            y=y,
+            train_fn=fn,
+            num_members=num_members,
+            num_shadow_models=num_shadow_models,
+            rng=np.random.default_rng(seed),
+        ).to_dict()
+    event = planned_event(
+        noise_multiplier=noise_multiplier,
+        num_samples=num_members,
+        batch_size=batch_size,
+        epochs=epochs,
+    )
     reports["dp"]["epsilon"] = epsilon_from_history([event], delta=delta, accountant="rdp")
     reports["dp"]["delta"] = delta
     reports["dp"]["noise_multiplier"] = noise_multiplier

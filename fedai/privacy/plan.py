@@ -113,17 +113,32 @@ def plan_client(
 ) -> ClientPlan:
     """Return the :class:`ClientPlan` of one client under ``privacy``."""
     delta = resolve_delta(privacy.delta, num_samples=num_samples)
-    sigma = client_noise_multiplier(privacy, num_samples=num_samples, batch_size=batch_size,
-                                    local_epochs=local_epochs, rounds=rounds, delta=delta)
+    sigma = client_noise_multiplier(
+        privacy,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        local_epochs=local_epochs,
+        rounds=rounds,
+        delta=delta,
+    )
     q, steps = poisson_schedule(num_samples=num_samples, batch_size=batch_size)
     per_round = steps * local_epochs
-    eps = epsilon_from_history([DpSgdEvent(sigma, q, per_round * rounds)], delta=delta,
-                               accountant=privacy.accountant)
+    eps = epsilon_from_history(
+        [DpSgdEvent(sigma, q, per_round * rounds)], delta=delta, accountant=privacy.accountant
+    )
     budget = privacy.budget_epsilon
-    return ClientPlan(client_id=client_id, num_samples=num_samples, sample_rate=q,
-                      steps_per_round=per_round, rounds=rounds, noise_multiplier=sigma,
-                      delta=delta, epsilon=eps, accountant=privacy.accountant,
-                      within_budget=None if budget is None else eps <= budget)
+    return ClientPlan(
+        client_id=client_id,
+        num_samples=num_samples,
+        sample_rate=q,
+        steps_per_round=per_round,
+        rounds=rounds,
+        noise_multiplier=sigma,
+        delta=delta,
+        epsilon=eps,
+        accountant=privacy.accountant,
+        within_budget=None if budget is None else eps <= budget,
+    )
 
 
 def plan_sample_level(
@@ -134,17 +149,27 @@ def plan_sample_level(
     Raises:
         InvalidPrivacyParameterError: ``privacy.mode`` is ``none`` or a size is below 1.
     """
-    sizes = (dict(client_sizes) if isinstance(client_sizes, Mapping)
-             else {str(i): n for i, n in enumerate(client_sizes)})
+    sizes = (
+        dict(client_sizes)
+        if isinstance(client_sizes, Mapping)
+        else {str(i): n for i, n in enumerate(client_sizes)}
+    )
     plans = []
     for cid, n in sizes.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InvalidPrivacyParameterError(f"client {cid} size must be an integer >= 1; "
-                                               f"got {n!r}")
-        plans.append(plan_client(cfg.privacy, client_id=cid, num_samples=n,
-                                 batch_size=cfg.train.batch_size,
-                                 local_epochs=cfg.train.local_epochs,
-                                 rounds=cfg.experiment.rounds))
+            raise InvalidPrivacyParameterError(
+                f"client {cid} size must be an integer >= 1; got {n!r}"
+            )
+        plans.append(
+            plan_client(
+                cfg.privacy,
+                client_id=cid,
+                num_samples=n,
+                batch_size=cfg.train.batch_size,
+                local_epochs=cfg.train.local_epochs,
+                rounds=cfg.experiment.rounds,
+            )
+        )
     return plans
 
 
@@ -180,15 +205,25 @@ def plan_user_level(
     sigma = noise_multiplier
     if target_epsilon is not None:
         sigma = calibrate_user_noise_multiplier(
-            target_epsilon=target_epsilon, population=population,
-            clients_per_round=clients_per_round, rounds=rounds, delta=delta,
-            accountant="pld" if accountant == "prv" else "rdp")
+            target_epsilon=target_epsilon,
+            population=population,
+            clients_per_round=clients_per_round,
+            rounds=rounds,
+            delta=delta,
+            accountant="pld" if accountant == "prv" else "rdp",
+        )
     if sigma is None:  # pragma: no cover - excluded above
         raise InvalidPrivacyParameterError("noise_multiplier is required")
-    report = user_level_report(UserLevelSetting(
-        population=population, clients_per_round=clients_per_round,
-        noise_multiplier=sigma, rounds=rounds, delta=delta,
-        clipping_norm=clipping_norm))
+    report = user_level_report(
+        UserLevelSetting(
+            population=population,
+            clients_per_round=clients_per_round,
+            noise_multiplier=sigma,
+            rounds=rounds,
+            delta=delta,
+            clipping_norm=clipping_norm,
+        )
+    )
     report["calibrated_for"] = target_epsilon
     return report
 
@@ -214,11 +249,13 @@ def plan_config(
     if cfg.privacy.mode == "local+user":
         population = cfg.experiment.num_clients
         out["user_level"] = plan_user_level(
-            population=population, clients_per_round=cfg.experiment.clients_per_round,
+            population=population,
+            clients_per_round=cfg.experiment.clients_per_round,
             rounds=cfg.experiment.rounds,
             delta=resolve_delta(cfg.privacy.delta, num_samples=population),
             noise_multiplier=cfg.privacy.user_noise_multiplier,
-            clipping_norm=cfg.privacy.user_clipping_norm)
+            clipping_norm=cfg.privacy.user_clipping_norm,
+        )
     return out
 
 
