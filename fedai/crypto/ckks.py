@@ -11,16 +11,20 @@ ASIACRYPT 2017) through TenSEAL (Benaissa et al., 2021):
   (:mod:`fedai.crypto.envelope`) and adds ciphertexts slot-wise; no multiplication, no
   rescaling, so no relinearisation key and no level is used.
 
-Scaling choice (headroom vs precision). CKKS decryption error is *additive* and about
-1e-8 in value units whatever the magnitude (measured: 7e-9 for |x| up to 1e6 at scale
-2^40), while the magnitude is capped at ``2**magnitude_bits`` (2^98 for [60,40,40,60]) by
-the data modulus. fedai therefore encrypts ``n_i * w_i`` in natural units (dividing by
-the public bound first would multiply the final error by the bound, 100x by default,
-and buy headroom nobody needs) and uses the public bound ``update_bound`` (B) to *check*
-headroom instead: a client refuses to encode unless ``|w| <= B`` and ``n_i * B`` fits, and
-a client refuses to decode an aggregate whose worst case ``N * B`` could have wrapped
-around the modulus. With the 60-bit aggregation-only chain [60, 40] the cap is 2^18, so
-``N <= 2621`` at B = 100; :attr:`CkksCodec.max_total_weight` reports it.
+Scaling choice (headroom vs precision). CKKS decryption error is *additive*, about 1e-8
+in value units whatever the magnitude (measured: 7e-9 for |x| from 1e-2 to 1e6 at scale
+2^40), while the magnitude is capped at ``2**magnitude_bits`` by the data modulus (2^98
+for [60,40,40,60] at 2^40). Dividing ``n_i * w_i`` by the public bound B before encoding is
+exactly the same as encoding with scale ``Delta / B``: it buys log2(B) bits of headroom
+and costs the same bits of precision. fedai therefore encrypts ``n_i * w_i`` in natural
+units, keeps the key's scale as the one knob, and uses B (``update_bound``) to *check*
+headroom: a client refuses to encode unless every ``|w| <= B`` and ``n_i * B`` fits, and
+refuses to decode an aggregate whose worst case ``N * B`` could have wrapped around the
+modulus. :attr:`CkksCodec.max_total_weight` reports the limit: 3.2e27 for the default
+profile; for the aggregation-only chain [60, 40] it is 2621 at scale 2^40 (too tight)
+and 2.7e6 at scale 2^30 (error still ~1e-8 after dividing by N ~ 2000), which is the
+recommended way to run that profile (``fedai keys create --coeff-mod-bit-sizes 60,40
+--scale-bits 30``: 33-35 B/param instead of 83-89).
 
 Shared decryptions. Every client sees the decrypted aggregate, and revealing CKKS
 decryptions can leak the secret key (Li & Micciancio, "On the Security of Homomorphic

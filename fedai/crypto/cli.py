@@ -141,7 +141,7 @@ def register(subparsers: Any) -> None:
         default=(60, 40, 40, 60),
         metavar="BITS",
         help="comma-separated prime sizes, last = special "
-        "prime (default: 60,40,40,60; 60,40 cuts the wire size 2.5x)",
+        "prime (default: 60,40,40,60; 60,40 with --scale-bits 30 cuts the wire size 2.5x)",
     )
     create.add_argument(
         "--scale-bits", type=int, default=40, help="log2 of the CKKS scale (default: 40)"
