@@ -47,7 +47,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedai.crypto.envelope import Envelope, PayloadKind, Scheme
-from fedai.crypto.keys import ClientBundle, CoordinatorBundle, load_client_bundle
+from fedai.crypto.keys import (
+    ClientBundle,
+    CoordinatorBundle,
+    load_client_bundle,
+    load_coordinator_bundle,
+)
 from fedai.crypto.packing import chunk_bounds, flatten, unflatten
 from fedai.errors import ConfigError, CorruptPayloadError, KeyFileError
 
@@ -313,6 +318,24 @@ class CkksSum:
             )
         self._bundle = bundle
         self._slots = bundle.params.slots
+
+    @classmethod
+    def from_config(cls, section: SecureAggregationSection) -> CkksSum:
+        """Build the coordinator side from ``[secure_aggregation]`` (loads the keyless bundle).
+
+        Raises:
+            ConfigError: The scheme is not ``ckks`` or ``key_dir`` is empty.
+            KeyFileError: The coordinator bundle cannot be loaded or holds a secret key.
+        """
+        if section.scheme != "ckks":
+            raise ConfigError(
+                f"secure_aggregation.scheme must be 'ckks' for CkksSum; got {section.scheme!r}"
+            )
+        if not section.key_dir:
+            raise ConfigError(
+                "secure_aggregation.key_dir must name a key directory (fedai keys create); got ''"
+            )
+        return cls(load_coordinator_bundle(section.key_dir))
 
     @property
     def fingerprint(self) -> bytes:

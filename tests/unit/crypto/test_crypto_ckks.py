@@ -10,6 +10,7 @@ import pytest
 import tenseal as ts
 
 from fedai.aggregation import PlainCodec, PlainSum
+from fedai.config import SecureAggregationSection
 from fedai.crypto import (
     CkksCodec,
     CkksSum,
@@ -344,3 +345,18 @@ def test_unrounded_error_is_tiny_in_natural_units(keys: Path, summer: CkksSum) -
     want = sum(n * m[0] for n, m in zip(weights, models, strict=True)) / sum(weights)
 
     assert float(np.max(np.abs(got[0] - want))) < 1e-7
+
+
+def test_from_config_builds_both_sides(keys: Path) -> None:
+    section = SecureAggregationSection(scheme="ckks", key_dir=str(keys), update_bound=5.0)
+
+    codec = CkksCodec.from_config(section)
+    summer = CkksSum.from_config(section)
+
+    assert codec.update_bound == 5.0
+    assert codec.fingerprint == summer.fingerprint
+    assert summer.is_private() is False
+    with pytest.raises(ConfigError, match="key_dir must name"):
+        CkksSum.from_config(SecureAggregationSection(scheme="ckks"))
+    with pytest.raises(ConfigError, match="scheme must be 'ckks'"):
+        CkksCodec.from_config(SecureAggregationSection(scheme="none", key_dir=str(keys)))
