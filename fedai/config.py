@@ -170,7 +170,7 @@ class PrivacySection:
     delta: float | None = None
     accountant: AccountantName = "rdp"
     budget_epsilon: float | None = None
-    grad_sample_mode: GradSampleMode = "hooks"
+    grad_sample_mode: Literal["hooks", "ew", "ghost"] = "hooks"  # ghost: fast clipping
     secure_mode: bool = False
     user_clipping_norm: float = 1.0
     user_noise_multiplier: float = 1.0

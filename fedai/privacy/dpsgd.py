@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew")
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew", "ghost")
 OptimizerFactory = Callable[[Iterable["torch.nn.Parameter"]], "torch.optim.Optimizer"]
 
 
@@ -104,7 +104,9 @@ def check_dp_sgd_parameters(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         problems.append(f"epochs must be an integer >= 1; got {epochs!r}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
-        problems.append(f"grad_sample_mode must be one of hooks, ew; got {grad_sample_mode!r}")
+        problems.append(
+            f"grad_sample_mode must be one of hooks, ew, ghost; got {grad_sample_mode!r}"
+        )
     if secure_mode and not secure_rng_available():
         problems.append(
             "secure_mode=true needs torchcsprng for Opacus' cryptographically secure RNG, "
@@ -148,8 +150,12 @@ def train_dp_sgd(
         epochs: local epochs (each ``int(1/q)`` Poisson batches).
         noise_multiplier: sigma, noise std relative to ``max_grad_norm``.
         max_grad_norm: per-example gradient clipping norm ``C``.
-        grad_sample_mode: ``"hooks"`` (default) or ``"ew"`` (expanded weights; faster on
-            CPU; empty Poisson batches are replaced by one random data-independent example).
+        grad_sample_mode: ``"hooks"`` (default; per-sample gradients via hooks), ``"ew"``
+            (expanded weights, faster on CPU) or ``"ghost"`` (fast gradient clipping, Li et
+            al. 2022 / Bu et al. 2023: per-sample gradient *norms* without materialising
+            per-sample gradients, a second backward pass; Linear, Conv, LayerNorm and
+            Embedding layers). In ``ew`` and ``ghost`` an empty Poisson batch is replaced
+            by one random, data-independent example, as Opacus' ``rand_on_empty`` does.
         secure_mode: Opacus' CSPRNG noise; needs ``torchcsprng`` (not installable here).
         noise_generator: torch RNG for the Gaussian noise (tests pass a seeded one). ``None``
             draws a generator seeded from OS entropy. Ignored (must be None) in secure mode.
@@ -191,17 +197,23 @@ def train_dp_sgd(
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
         engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
-        dp_model, dp_optimizer, dp_loader = engine.make_private(
+        made = engine.make_private(
             module=work,
             optimizer=optimizer,
+            criterion=loss_fn,
             data_loader=loader,
             noise_multiplier=float(noise_multiplier),
             max_grad_norm=float(max_grad_norm),
             poisson_sampling=True,
             grad_sample_mode=grad_sample_mode,
             noise_generator=noise_generator,
-            rand_on_empty=grad_sample_mode == "ew",
+            rand_on_empty=grad_sample_mode != "hooks",
         )
+        if grad_sample_mode == "ghost":
+            dp_model, dp_optimizer, dp_loss_fn, dp_loader = made
+        else:
+            dp_model, dp_optimizer, dp_loader = made
+            dp_loss_fn = loss_fn
         try:
             total_loss, batches = 0.0, 0
             for _ in range(epochs):
@@ -209,8 +221,8 @@ def train_dp_sgd(
                     dp_optimizer.zero_grad(set_to_none=True)
                     logits = dp_model(features)
                     if len(labels) > 0:
-                        loss = loss_fn(logits, labels)
-                        total_loss += float(loss.detach())
+                        loss = dp_loss_fn(logits, labels)
+                        total_loss += float(loss.item())
                         batches += 1
                     else:
                         # Empty Poisson batch (hooks mode): the step still releases noise.

@@ -82,8 +82,18 @@ def test_dp_lowers_auc_on_an_overfit_config() -> None:
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10, hidden=256)
-    report = compare_dp_audit(x=x, y=y, spec=spec, num_members=150, num_shadow_models=4,
-                              epochs=100, batch_size=32, lr=0.05, noise_multiplier=4.0, seed=0)
+    report = compare_dp_audit(
+        x=x,
+        y=y,
+        spec=spec,
+        num_members=150,
+        num_shadow_models=4,
+        epochs=100,
+        batch_size=32,
+        lr=0.05,
+        noise_multiplier=4.0,
+        seed=0,
+    )
     plain, dp = report["non_private"], report["dp"]
     assert plain["train_accuracy"] == 1.0  # deliberately overfit
     assert plain["lira"]["auc"] > 0.6  # the non-private model leaks membership

@@ -56,7 +56,7 @@ def _train(model: nn.Module, **kw: object) -> object:
     return train_dp_sgd(model, **args)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
 def test_event_matches_plan_and_model_is_untouched(mode: str) -> None:
     model = build_model(SPEC, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -127,7 +127,7 @@ def test_bad_parameters_raise_before_training(kw: dict[str, object], match: str)
 
 
 def test_all_problems_reported_at_once() -> None:
-    with pytest.raises(InvalidPrivacyParameterError, match="noise_multiplier.*max_grad_norm"):
+    with pytest.raises(InvalidPrivacyParameterError, match=r"noise_multiplier.*max_grad_norm"):
         _train(build_model(SPEC, seed=0), noise_multiplier=-1.0, max_grad_norm=-1.0)
 
 
@@ -192,3 +192,10 @@ def test_exhausted_budget_refuses_before_training() -> None:
     assert factory.calls == 0
     assert ledger.exhausted
     assert len(ledger) == 0
+
+
+@pytest.mark.parametrize("mode", ["ew", "ghost"])
+def test_modes_handle_empty_poisson_batches(mode: str) -> None:
+    result = _train(build_model(SPEC, seed=0), loader=_loader(n=5, batch=1), epochs=3,
+                    grad_sample_mode=mode)
+    assert result.event.steps == 15

@@ -16,11 +16,13 @@ from fedai.privacy.plan import plan_config, plan_sample_level
 
 
 def _cfg(**privacy: object) -> ExperimentConfig:
-    return ExperimentConfig.from_mapping({
-        "experiment": {"rounds": 10},
-        "train": {"batch_size": 32, "local_epochs": 1},
-        "privacy": {"mode": "local", "delta": 1e-5, **privacy},
-    })
+    return ExperimentConfig.from_mapping(
+        {
+            "experiment": {"rounds": 10},
+            "train": {"batch_size": 32, "local_epochs": 1},
+            "privacy": {"mode": "local", "delta": 1e-5, **privacy},
+        }
+    )
 
 
 def test_per_client_calibration_keeps_every_client_under_target() -> None:
@@ -34,8 +36,9 @@ def test_per_client_calibration_keeps_every_client_under_target() -> None:
 
 
 def test_shared_sigma_overspends_on_small_clients() -> None:
-    plans = plan_sample_level(_cfg(noise_multiplier=1.0, budget_epsilon=8.0),
-                              client_sizes={"small": 55, "big": 1200})
+    plans = plan_sample_level(
+        _cfg(noise_multiplier=1.0, budget_epsilon=8.0), client_sizes={"small": 55, "big": 1200}
+    )
     small, big = plans
     assert small.epsilon > big.epsilon
     assert small.within_budget is False
@@ -57,8 +60,23 @@ def test_bad_sizes_and_mode_none() -> None:
 
 
 def test_cli_user_level_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["privacy", "plan", "--population", "100", "--per-round", "10", "--sigma",
-                 "1.0", "--rounds", "100", "--delta", "1e-5", "--json"])
+    code = main(
+        [
+            "privacy",
+            "plan",
+            "--population",
+            "100",
+            "--per-round",
+            "10",
+            "--sigma",
+            "1.0",
+            "--rounds",
+            "100",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["user_level"]["epsilon_rdp"] == pytest.approx(7.90, rel=0.01)
@@ -66,19 +84,37 @@ def test_cli_user_level_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_calibrates_user_sigma(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["privacy", "plan", "--population", "100", "--per-round", "10", "--rounds",
-                 "100", "--target-epsilon", "4", "--delta", "1e-5", "--json"])
+    code = main(
+        [
+            "privacy",
+            "plan",
+            "--population",
+            "100",
+            "--per-round",
+            "10",
+            "--rounds",
+            "100",
+            "--target-epsilon",
+            "4",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)["user_level"]
     assert out["epsilon_rdp"] <= 4.0
     assert out["noise_multiplier"] > 1.0
 
 
-def test_cli_sample_level_from_config_and_sizes(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_sample_level_from_config_and_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "dp.toml"
-    cfg.write_text('[experiment]\nrounds = 5\n[privacy]\nmode = "local"\n'
-                   "target_epsilon = 3.0\ndelta = 1e-5\n", encoding="utf-8")
+    cfg.write_text(
+        '[experiment]\nrounds = 5\n[privacy]\nmode = "local"\ntarget_epsilon = 3.0\ndelta = 1e-5\n',
+        encoding="utf-8",
+    )
     code = main(["privacy", "plan", "--config", str(cfg), "--client-sizes", "55,300", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
@@ -92,17 +128,25 @@ def test_cli_sample_level_from_config_and_sizes(tmp_path: Path,
     [
         (["--population", "100", "--per-round", "10", "--sigma", "1", "--delta", "0"], "delta"),
         (["--population", "100", "--per-round", "10", "--sigma", "-1"], "noise_multiplier"),
-        (["--population", "100", "--per-round", "10", "--target-epsilon", "0"],
-         "target_epsilon"),
-        (["--set", "privacy.mode=local", "--set", "privacy.target_epsilon=-1"],
-         "target_epsilon"),
-        (["--set", "privacy.mode=local", "--set", "privacy.noise_multiplier=1",
-          "--set", "privacy.max_grad_norm=-1"], "max_grad_norm"),
+        (["--population", "100", "--per-round", "10", "--target-epsilon", "0"], "target_epsilon"),
+        (["--set", "privacy.mode=local", "--set", "privacy.target_epsilon=-1"], "target_epsilon"),
+        (
+            [
+                "--set",
+                "privacy.mode=local",
+                "--set",
+                "privacy.noise_multiplier=1",
+                "--set",
+                "privacy.max_grad_norm=-1",
+            ],
+            "max_grad_norm",
+        ),
         ([], "needs"),
     ],
 )
-def test_cli_rejects_bad_parameters(argv: list[str], match: str,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_bad_parameters(
+    argv: list[str], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["privacy", "plan", *argv])
     assert code in (1, 2)
     assert match in capsys.readouterr().err
