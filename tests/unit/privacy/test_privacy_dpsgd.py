@@ -196,6 +196,7 @@ def test_exhausted_budget_refuses_before_training() -> None:
 
 @pytest.mark.parametrize("mode", ["ew", "ghost"])
 def test_modes_handle_empty_poisson_batches(mode: str) -> None:
-    result = _train(build_model(SPEC, seed=0), loader=_loader(n=5, batch=1), epochs=3,
-                    grad_sample_mode=mode)
+    result = _train(
+        build_model(SPEC, seed=0), loader=_loader(n=5, batch=1), epochs=3, grad_sample_mode=mode
+    )
     assert result.event.steps == 15
