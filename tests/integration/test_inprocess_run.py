@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from clients.app import app as client_app
+from fedai.cli import main as cli_main
+from fedai.commands.simulate import simulate
+from fedai.config import ExperimentConfig
+from fedai.federation import keys
+from fedai.federation.inprocess import run_inprocess
+from fedai.models import load_model
+from server.app import build_server_app
+
+pytestmark = pytest.mark.integration
+
+
+def small(**sections):
+    base = {"experiment": {"rounds": 3, "num_clients": 4, "clients_per_round": 4}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    return ExperimentConfig.from_mapping(base)
+
+
+def test_quickstart_reaches_093_and_writes_results(tmp_path, capsys):
+    # Act: the README's first command, in-process, 20 rounds
+    status = cli_main(["simulate", "--out", str(tmp_path)])
+    # Assert
+    assert status == 0
+    out = capsys.readouterr().out
+    assert out.count("round ") >= 20
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["final"]["accuracy"] >= 0.93
+    assert [r["round"] for r in results["rounds"]] == list(range(1, 21))
+    assert {"round", "accuracy", "loss", "seconds"} <= set(results["rounds"][0])
+    assert results["config"]["data"]["dataset"] == "digits"
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    model, spec = load_model(tmp_path)
+    assert spec.name == "mlp"
+    assert spec.input_shape == (1, 8, 8)
+
+
+def test_same_seed_same_model_different_seed_different_model():
+    a = simulate(small(), verbose=False)
+    b = simulate(small(), verbose=False)
+    c = simulate(small(experiment={"seed": 5}), verbose=False)
+    assert all(np.array_equal(x, y) for x, y in zip(a.payload, b.payload, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.payload, c.payload, strict=True))
+
+
+def test_partial_participation_samples_deterministically_by_client_id():
+    cfg = small(experiment={"num_clients": 6, "clients_per_round": 2, "rounds": 4})
+    a = simulate(cfg, verbose=False).summary.rounds
+    b = simulate(cfg, verbose=False).summary.rounds
+    assert [r.sampled for r in a] == [r.sampled for r in b]
+    assert all(len(r.sampled) == 2 for r in a)
+    assert len({tuple(r.sampled) for r in a}) > 1
+
+
+def test_a_crashing_client_is_recorded_and_the_run_continues():
+    # Arrange: client 2 raises in round 2
+    flaky = ClientApp()
+
+    @flaky.query()
+    def _q(msg: Message, ctx: Context) -> Message:
+        return client_app(msg, ctx)
+
+    @flaky.train()
+    def _t(msg: Message, ctx: Context) -> Message:
+        rnd = int(msg.content.config_records[keys.REC_CONFIG][keys.KEY_SERVER_ROUND])
+        if ctx.node_config["partition-id"] == 2 and rnd == 2:
+            raise RuntimeError("disk on fire")
+        return client_app(msg, ctx)
+
+    @flaky.evaluate()
+    def _e(msg: Message, ctx: Context) -> Message:
+        return client_app(msg, ctx)
+
+    outcomes = []
+    # Act
+    run_inprocess(build_server_app(small(), sink=outcomes.append), flaky, num_supernodes=4)
+    # Assert
+    rounds = outcomes[0].summary.rounds
+    assert "disk on fire" in rounds[1].failures["2"]
+    assert rounds[1].status == "ok"
+    assert sorted(rounds[1].trained) == ["0", "1", "3"]
+    assert rounds[2].trained == ["0", "1", "2", "3"]
+
+
+def test_a_node_with_a_bad_data_file_is_left_out_at_discovery(tmp_path):
+    # Arrange: three simulated clients and one real node whose file is missing
+    nodes = [{"partition-id": i, "num-partitions": 4} for i in range(3)]
+    nodes.append({"data-path": str(tmp_path / "missing.csv"), "client-id": "org-x"})
+    cfg = small(experiment={"num_clients": 3, "clients_per_round": 3})
+    outcomes = []
+    # Act
+    run_inprocess(build_server_app(cfg, sink=outcomes.append), client_app, num_supernodes=4,
+                  node_configs=nodes)
+    # Assert
+    assert sorted(c.client_id for c in outcomes[0].clients.values()) == ["0", "1", "2"]
+    assert outcomes[0].summary.final["rounds_completed"] == 3
