@@ -92,12 +92,18 @@ class PlainSum:
 
 
 class PlainCodec:
-    """Client codec for the clear: ``encode = n * w`` (float64), ``decode = sum / N``."""
+    """Client codec for the clear: ``encode = n * w`` (float64), ``decode = sum / N``.
+
+    Decoding applies the same bounds check and rounding step as the secure codecs
+    (``round_decimals``), so a plaintext run and an encrypted run of the same config
+    follow the same trajectory and can be compared parameter by parameter.
+    """
 
     name = "none"
 
-    def __init__(self, *, bound: float = 1e6) -> None:
+    def __init__(self, *, bound: float = 1e6, round_decimals: int | None = None) -> None:
         self.bound = bound
+        self.round_decimals = round_decimals
 
     def encode(self, weights: Sequence[np.ndarray], weight: float) -> Payload:
         """Return ``weight * w`` for each array, in float64."""
@@ -111,12 +117,14 @@ class PlainCodec:
         if [tuple(a.shape) for a in payload] != [tuple(s) for s in shapes]:
             raise CorruptPayloadError(f"aggregate shapes must be {list(shapes)}; got "
                                       f"{[a.shape for a in payload]}")
-        out = [(a / total_weight).astype(np.float32) for a in payload]
-        worst = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in out)
+        avg = [np.asarray(a, dtype=np.float64) / total_weight for a in payload]
+        worst = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in avg)
         if worst > self.bound:
             raise CorruptPayloadError(f"aggregate values must be within +-{self.bound:g}; "
                                       f"got {worst:g}")
-        return out
+        if self.round_decimals is not None:
+            avg = [np.round(a, self.round_decimals) for a in avg]
+        return [a.astype(np.float32) for a in avg]
 
 
 __all__ = ["ClientCodec", "Payload", "PlainCodec", "PlainSum", "SecureSum", "Shapes"]

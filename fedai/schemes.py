@@ -7,6 +7,8 @@ imported only when configured (TenSEAL/phe are heavy).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fedai.aggregation import ClientCodec, PlainCodec, PlainSum, SecureSum
 from fedai.config import SecureAggregationSection
 from fedai.errors import ConfigError
@@ -29,7 +31,7 @@ def coordinator_sum(section: SecureAggregationSection, *, key_dir: str | None = 
     if section.scheme == "ckks":
         from fedai.crypto.ckks import CkksSum
 
-        return CkksSum.from_key_dir(_key_dir(section, key_dir))  # type: ignore[no-any-return]
+        return CkksSum.from_config(replace(section, key_dir=_key_dir(section, key_dir)))
     raise ConfigError(f"secure_aggregation.scheme {section.scheme!r} is not available in this "
                       "build; use none or ckks")
 
@@ -38,13 +40,11 @@ def client_codec(section: SecureAggregationSection, *, key_dir: str | None = Non
                  ) -> ClientCodec:
     """Return the client-side codec for ``section.scheme`` (reads the secret bundle)."""
     if section.scheme == "none":
-        return PlainCodec()
+        return PlainCodec(bound=section.update_bound, round_decimals=section.round_decimals)
     if section.scheme == "ckks":
         from fedai.crypto.ckks import CkksCodec
 
-        return CkksCodec.from_key_dir(  # type: ignore[no-any-return]
-            _key_dir(section, key_dir), update_bound=section.update_bound,
-            round_decimals=section.round_decimals)
+        return CkksCodec.from_config(replace(section, key_dir=_key_dir(section, key_dir)))
     raise ConfigError(f"secure_aggregation.scheme {section.scheme!r} is not available in this "
                       "build; use none or ckks")
 

@@ -60,7 +60,9 @@ def save_outcome(outcome: RunOutcome, out_dir: Path) -> Path:
             "scheme"] == "none":
         model = build_model(outcome.spec)
         shapes = [tuple(v.shape) for v in model.state_dict().values()]
-        set_weights(model, PlainCodec().decode(outcome.payload, outcome.total_weight, shapes))
+        section = outcome.summary.config["secure_aggregation"]
+        codec = PlainCodec(bound=section["update_bound"], round_decimals=section["round_decimals"])
+        set_weights(model, codec.decode(outcome.payload, outcome.total_weight, shapes))
         save_model(out_dir, model, outcome.spec)
     return write_results(out_dir, outcome.summary)
 
