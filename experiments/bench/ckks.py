@@ -20,13 +20,16 @@ Wall and CPU (process) time are both reported: the machine is shared, and CPU ti
 less sensitive to other tenants. Targets (issue 4): encrypt <= 3 us/param, sum <= 0.5
 us/param/client, wire <= 85 B/param.
 
-The end-to-end round-time ratio needs the Flower round loop; :func:`round_time_ratio`
-takes a callable that runs one round for a scheme and is wired in once the spine exists.
+:func:`round_time_ratio` then runs whole federations (``fedai simulate``'s in-process
+backend, the quickstart config) with ``scheme = "none"`` and ``"ckks"`` alternately and
+reports the CKKS / plaintext ratio of the mean seconds per round, round 1 excluded
+(target <= 1.3), for the variants in :data:`RATIO_VARIANTS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -34,6 +37,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +100,16 @@ def _bench_one(
 
     enc_w, enc_c, payloads = [], [], []
     for w, n in zip(clients, weights, strict=True):
-        p, tw, tc = _timed(lambda w=w, n=n: codec.encode(w, n))
+        p, tw, tc = _timed(functools.partial(codec.encode, w, n))
         payloads.append(p)
         enc_w.append(tw)
         enc_c.append(tc)
-    _, chk_w, chk_c = _timed(lambda: [summer.check(p) for p in payloads])
+
+    def check_all() -> None:
+        for p in payloads:
+            summer.check(p)
+
+    _, chk_w, chk_c = _timed(check_all)
     agg, sum_w, sum_c = _timed(lambda: summer.sum(payloads))
     total = float(sum(weights))
     dec, dec_w, dec_c = _timed(lambda: codec.decode(agg, total, shapes))
@@ -147,24 +156,108 @@ def _bench_one(
     }
 
 
-def round_time_ratio(run_round: Callable[[str], None], *, repeats: int = 3) -> dict[str, Any]:
-    """Time one FL round with ``scheme="ckks"`` and ``"none"``, interleaved; return the ratio.
+def _scheme_config(cfg: Any, scheme: str, key_dir: Path | None) -> Any:
+    section = replace(cfg.secure_aggregation, scheme=scheme, key_dir=str(key_dir or ""))
+    return cfg.replace(secure_aggregation=section)
+
+
+def round_time_ratio(cfg: Any, *, key_dir: Path, repeats: int = 3) -> dict[str, Any]:
+    """End-to-end FL round time with CKKS divided by the plaintext round time.
+
+    Runs the whole experiment ``cfg`` through :func:`fedai.commands.simulate.simulate` on
+    the in-process backend, once with ``scheme = "none"`` and once with ``"ckks"`` (keys in
+    ``key_dir``), alternating, ``repeats`` times each, in this process. A round is the
+    coordinator's ``RoundRecord.seconds``: sample, train (clients decode the model, train,
+    encode; the coordinator checks and sums) and federated evaluation (every client decodes
+    the candidate aggregate and evaluates). The per-run figure is the **mean seconds per
+    round over rounds 2..R** (round 1 is excluded: it includes one-off data loading and key
+    loading, and no client decodes a model in it; one untimed 1-round run per scheme warms the
+    caches first); the ratio compares the medians over
+    repeats. Total wall and CPU seconds per round (all rounds) are reported alongside.
 
     Args:
-        run_round: Runs one full round (train, encode, sum, decode) for the given scheme.
-        repeats: Rounds per scheme; medians are compared.
+        cfg: The experiment (an ``ExperimentConfig``); its scheme is overridden.
+        key_dir: A CKKS key directory (``fedai keys create``).
+        repeats: Runs per scheme.
 
     Returns:
-        ``{"plain_s", "ckks_s", "ratio"}`` (issue 4 target: ratio <= 1.3).
+        ``{"plain_s", "ckks_s", "ratio", ...}`` (issue 4 target: ratio <= 1.3).
     """
-    times: dict[str, list[float]] = {"none": [], "ckks": []}
+    from fedai.commands.simulate import simulate
+
+    per_round: dict[str, list[float]] = {"none": [], "ckks": []}
+    total_wall: dict[str, list[float]] = {"none": [], "ckks": []}
+    total_cpu: dict[str, list[float]] = {"none": [], "ckks": []}
+    accuracy: dict[str, float | None] = {}
+    rounds = cfg.experiment.rounds
+    for scheme in ("none", "ckks"):  # warm-up: imports, data and key caches, untimed
+        warm = _scheme_config(cfg, scheme, key_dir if scheme == "ckks" else None)
+        simulate(warm.replace(experiment=replace(warm.experiment, rounds=1)), verbose=False)
     for _ in range(repeats):
         for scheme in ("none", "ckks"):
-            t0 = time.perf_counter()
-            run_round(scheme)
-            times[scheme].append(time.perf_counter() - t0)
-    plain, ckks = statistics.median(times["none"]), statistics.median(times["ckks"])
-    return {"plain_s": plain, "ckks_s": ckks, "ratio": ckks / plain}
+            scfg = _scheme_config(cfg, scheme, key_dir if scheme == "ckks" else None)
+            outcome, wall, cpu = _timed(functools.partial(simulate, scfg, verbose=False))
+            records = outcome.summary.rounds
+            if len(records) != rounds or any(r.status != "ok" for r in records):
+                raise RuntimeError(f"{scheme} run did not complete {rounds} ok rounds")
+            per_round[scheme].append(statistics.fmean(r.seconds for r in records[1:]))
+            total_wall[scheme].append(wall / rounds)
+            total_cpu[scheme].append(cpu / rounds)
+            accuracy[scheme] = outcome.summary.final["accuracy"]
+    med = {
+        k: {n: statistics.median(v[n]) for n in v}
+        for k, v in {"round": per_round, "wall": total_wall, "cpu": total_cpu}.items()
+    }
+    return {
+        "metric": "mean wall seconds per round over rounds 2..R, median of repeats",
+        "rounds": rounds,
+        "repeats": repeats,
+        "plain_s": med["round"]["none"],
+        "ckks_s": med["round"]["ckks"],
+        "ratio": med["round"]["ckks"] / med["round"]["none"],
+        "all_rounds_wall_ratio": med["wall"]["ckks"] / med["wall"]["none"],
+        "all_rounds_cpu_ratio": med["cpu"]["ckks"] / med["cpu"]["none"],
+        "plain_runs_s_per_round": per_round["none"],
+        "ckks_runs_s_per_round": per_round["ckks"],
+        "final_accuracy": accuracy,
+    }
+
+
+RATIO_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    # name -> (CKKS profile, config overrides on experiments/quickstart.toml)
+    "quickstart": ("default", []),
+    "quickstart, aggregation-only keys": ("aggregation-only", []),
+    "quickstart, local_epochs=30": ("default", ["train.local_epochs=30"]),
+}
+
+
+def _ratio_rows(key_root: Path, rounds: int, repeats: int) -> list[dict[str, Any]]:
+    from fedai.config import ExperimentConfig
+
+    toml = Path(__file__).resolve().parents[1] / "quickstart.toml"
+    rows = []
+    for name, (profile, overrides) in RATIO_VARIANTS.items():
+        bits, scale_bits = PROFILES[profile]
+        key_dir = key_root / f"ratio-{profile}"
+        if not key_dir.exists():
+            create_keys(key_dir, coeff_mod_bit_sizes=bits, global_scale=2.0**scale_bits)
+        cfg = ExperimentConfig.from_toml(toml, [f"experiment.rounds={rounds}", *overrides])
+        row = round_time_ratio(cfg, key_dir=key_dir, repeats=repeats)
+        row.update(
+            variant=name,
+            profile=profile,
+            overrides=overrides,
+            clients=cfg.experiment.num_clients,
+            model=f"mlp(hidden={cfg.model.hidden})",
+        )
+        rows.append(row)
+        print(
+            f"round time {name:<36} plain {row['plain_s']:.3f} s  ckks {row['ckks_s']:.3f} s  "
+            f"ratio {row['ratio']:.2f}x (all rounds wall {row['all_rounds_wall_ratio']:.2f}x, "
+            f"cpu {row['all_rounds_cpu_ratio']:.2f}x)",
+            flush=True,
+        )
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 280])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per ratio run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per scheme and variant")
     args = parser.parse_args(argv)
 
     import tenseal as ts
@@ -202,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"err {row['max_abs_diff_vs_plain']:.1e}",
                     flush=True,
                 )
+        ratios = _ratio_rows(Path(tmp), args.rounds, args.repeats)
     report = {
         "benchmark": "ckks secure-sum primitives vs plaintext",
         "clients": args.clients,
@@ -215,8 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "targets": TARGETS,
         "results": results,
-        "round_time_ratio": None,
-        "round_time_ratio_note": "needs the Flower round loop; see round_time_ratio()",
+        "round_time_ratio": ratios[0]["ratio"],
+        "round_time_ratio_note": (
+            "CKKS / plaintext mean wall seconds per FL round over rounds 2..R (round 1 "
+            "excluded), quickstart config (10 clients, digits MLP), in-process backend, "
+            "median of repeats; see round_time_ratios for variants"
+        ),
+        "round_time_ratio_target": 1.3,
+        "round_time_ratios": ratios,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
