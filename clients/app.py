@@ -23,7 +23,14 @@ from torch import nn
 from fedai.aggregation import ClientCodec
 from fedai.config import ExperimentConfig, SecureAggregationSection
 from fedai.data import ClientData, load_client, load_local_file
-from fedai.errors import CorruptPayloadError, KeyMismatchError, ProtocolError
+from clients.privacy import LedgerStore, train_private, user_level_contribution
+from clients.privacy import report as privacy_report
+from fedai.errors import (
+    CorruptPayloadError,
+    KeyMismatchError,
+    PrivacyBudgetExceededError,
+    ProtocolError,
+)
 from fedai.federation import keys
 from fedai.federation.records import payload_to_record, record_to_payload
 from fedai.models import ModelSpec, build_model, get_weights, set_weights
@@ -136,26 +143,56 @@ def hello(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Decode the global model, train locally, reply with the encoded contribution."""
+    """Decode the global model, train locally (DP-SGD if configured), reply encoded.
+
+    With privacy on, the client first opens its ledger (never reset); if the round would
+    pass its budget it refuses with the reason instead of training.
+    """
     cfg = experiment_of(msg)
     cid = client_id_of(context)
     data = data_of(context, cfg)
     codec = codec_of(context, cfg)
-    round_ = int(msg.content.config_records[keys.REC_CONFIG][keys.KEY_SERVER_ROUND])  # type: ignore[arg-type]
+    config = msg.content.config_records[keys.REC_CONFIG]
+    round_ = int(config[keys.KEY_SERVER_ROUND])  # type: ignore[arg-type]
     spec = spec_of(msg, cfg, data)
     try:
         model = global_model(msg, cfg, spec, codec)
     except (CorruptPayloadError, KeyMismatchError) as err:
         logger.warning("client %s rejected the aggregate: %s", cid, err)
         return status_reply(msg, keys.STATUS_REJECTED, str(err), cid)
-    loss, _steps = train_local(model, data.x_train, data.y_train, cfg.train,
-                               seed=round_seed(cfg, cid, round_))
     n = len(data.y_train)
-    payload = codec.encode(get_weights(model), float(n))
+    fedai_rec: dict[str, str] = {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
+    if cfg.privacy.mode == "none":
+        loss, _steps = train_local(model, data.x_train, data.y_train, cfg.train,
+                                   seed=round_seed(cfg, cid, round_))
+        weights, weight = get_weights(model), float(n)
+    else:
+        store = LedgerStore(context, cid)
+        ledger = store.open(cfg, num_samples=n)
+        global_weights = get_weights(model)
+        try:
+            loss, sigma = train_private(model, data, cfg, ledger=ledger, round_=round_,
+                                        seed=round_seed(cfg, cid, round_))
+        except PrivacyBudgetExceededError as err:
+            store.save(ledger)  # persist the exhausted mark with the unchanged history
+            reply = status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
+            reply.content.config_records[keys.REC_FEDAI][keys.KEY_PRIVACY] = privacy_report(
+                ledger, noise_multiplier=None)
+            return reply
+        store.save(ledger)
+        fedai_rec[keys.KEY_PRIVACY] = privacy_report(ledger, noise_multiplier=sigma)
+        weights, weight = get_weights(model), float(n)
+        if cfg.privacy.mode == "local+user":
+            num_sampled = int(config.get(keys.KEY_NUM_SAMPLED, 1))  # type: ignore[arg-type]
+            weights, _info = user_level_contribution(global_weights, weights, cfg,
+                                                     num_sampled=num_sampled)
+            weight = 1.0  # an example-count weight would multiply the sensitivity
+    payload = codec.encode(weights, weight)
     return Message(RecordDict({
         keys.REC_ARRAYS: payload_to_record(payload),
-        keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: n, keys.KEY_TRAIN_LOSS: loss}),
-        keys.REC_FEDAI: ConfigRecord({keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}),
+        keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: weight,
+                                        keys.KEY_TRAIN_LOSS: loss}),
+        keys.REC_FEDAI: ConfigRecord(fedai_rec),  # type: ignore[arg-type]
     }), reply_to=msg)
 
 

@@ -94,6 +94,8 @@ def write_results(out_dir: Path, summary: RunSummary) -> Path:
     path = out_dir / "results.json"
     atomic_write_text(path, json.dumps(summary.to_dict(), indent=2) + "\n")
     plot_accuracy(out_dir / "accuracy.png", summary)
+    if any(r.privacy.get("max_epsilon") for r in summary.rounds):
+        plot_accuracy_vs_epsilon(out_dir / "accuracy_vs_epsilon.png", summary)
     return path
 
 
@@ -118,5 +120,32 @@ def plot_accuracy(path: Path, summary: RunSummary) -> None:
     plt.close(fig)
 
 
+def plot_accuracy_vs_epsilon(path: Path, summary: RunSummary) -> None:
+    """Plot federated test accuracy against the privacy spent so far (max client epsilon,
+    and user-level epsilon when there is one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary.rounds if r.accuracy is not None and r.privacy]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r.privacy.get("max_epsilon", 0.0) for r in rows], [r.accuracy for r in rows],
+            marker="o", label="sample-level (max client epsilon)")
+    user = [(r.privacy["user_level"]["epsilon"], r.accuracy) for r in rows
+            if isinstance(r.privacy.get("user_level"), dict)]
+    if user:
+        ax.plot([u[0] for u in user], [u[1] for u in user], marker="s",
+                label="user-level epsilon")
+    ax.set_xlabel("epsilon spent")
+    ax.set_ylabel("federated test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 __all__ = ["RoundRecord", "RunSummary", "atomic_write_text", "default_run_dir",
-           "plot_accuracy", "write_results"]
+           "plot_accuracy", "plot_accuracy_vs_epsilon", "write_results"]

@@ -36,7 +36,12 @@ def format_progress(record: RoundRecord, total: int) -> str:
             f"{record.seconds:6.2f}s  clients {len(record.trained)}/{len(record.sampled)}")
     eps = record.privacy.get("max_epsilon")
     if isinstance(eps, int | float):
-        line += f"  eps {eps:.3f}"
+        line += f"  eps(max client) {eps:.3f}"
+    user = record.privacy.get("user_level")
+    if isinstance(user, dict):
+        line += f"  eps(user) {user['epsilon']:.3f}"
+    if record.refused:
+        line += f"  refused {len(record.refused)}"
     if record.status != "ok":
         line += f"  FAILED: {record.reason}"
     return line

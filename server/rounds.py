@@ -11,10 +11,12 @@ or a homomorphic sum.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -26,6 +28,8 @@ from fedai.errors import CorruptPayloadError, FedAIError, KeyMismatchError, Prot
 from fedai.federation import keys
 from fedai.federation.records import payload_to_record, reply_payload
 from fedai.models import ModelSpec
+from fedai.privacy.accounting import DEFAULT_DELTA
+from fedai.privacy.user_level import effective_noise_multiplier, user_level_epsilon_of_rounds
 from fedai.results import RoundRecord, RunSummary
 
 logger = logging.getLogger(__name__)
@@ -71,6 +75,8 @@ class FederatedRun:
         self.discovery_timeout = discovery_timeout
         self._config_json = cfg.to_json()
         self._shared: dict[str, bool | int | float | str] = {}
+        self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
+        self._user_sigmas: list[float] = []  # sigma each round's sum carried (local+user)
 
     # ------------------------------------------------------------------ messaging
     def _send(self, node_ids: list[int], message_type: str, round_: int,
@@ -175,6 +181,8 @@ class FederatedRun:
                                                 record)
                 if accepted:
                     payload, total_weight = cand_payload, cand_weight
+            if self.cfg.privacy.mode != "none":
+                record.privacy = self._privacy_view(record)
             record.seconds = time.perf_counter() - t0
             summary.rounds.append(record)
             if self.on_round:
@@ -183,6 +191,30 @@ class FederatedRun:
         summary.clients = {c.client_id: {"num_train": c.num_train, "num_test": c.num_test,
                                          "exhausted": c.exhausted} for c in clients.values()}
         return RunOutcome(summary, spec, payload, total_weight, clients)
+
+    def _privacy_view(self, record: RoundRecord) -> dict[str, Any]:
+        """The coordinator's ledger after a round: every client's cumulative epsilon."""
+        p = self.cfg.privacy
+        view: dict[str, Any] = {"clients": {cid: dict(r) for cid, r in
+                                            sorted(self._privacy_reports.items())}}
+        eps = [r["epsilon"] for r in self._privacy_reports.values()]
+        view["max_epsilon"] = max(eps) if eps else 0.0
+        if p.mode == "local+user" and record.trained:
+            self._user_sigmas.append(effective_noise_multiplier(
+                noise_multiplier=p.user_noise_multiplier, expected_clients=len(record.sampled),
+                actual_clients=len(record.trained)))
+        if p.mode == "local+user":
+            delta = p.delta if p.delta is not None else DEFAULT_DELTA
+            view["user_level"] = {
+                "epsilon": user_level_epsilon_of_rounds(
+                    population=self.cfg.experiment.num_clients,
+                    clients_per_round=self.cfg.experiment.clients_per_round,
+                    noise_multipliers=self._user_sigmas, delta=delta, accountant="rdp"),
+                "delta": delta, "accountant": "rdp",
+                "noise_multipliers": list(self._user_sigmas),
+                "sample_rate": self.cfg.experiment.clients_per_round
+                / self.cfg.experiment.num_clients}
+        return view
 
     def _train_round(self, clients: dict[int, ClientInfo], sampled: list[int], round_: int,
                      payload: Payload | None, total_weight: float, record: RoundRecord
@@ -206,7 +238,11 @@ class FederatedRun:
             rec = self._fedai(reply)
             status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
             if keys.KEY_PRIVACY in rec:
-                record.privacy[cid] = str(rec[keys.KEY_PRIVACY])
+                try:
+                    self._privacy_reports[cid] = _parse_report(cid, str(rec[keys.KEY_PRIVACY]))
+                except ProtocolError as err:
+                    record.failures[cid] = str(err)
+                    continue
             if status == keys.STATUS_REFUSED:
                 reason = str(rec.get(keys.KEY_REASON, "refused"))
                 record.refused[cid] = reason
@@ -279,6 +315,17 @@ class FederatedRun:
         if n_sum > 0:
             record.loss, record.accuracy = loss_sum / n_sum, acc_sum / n_sum
         return True
+
+
+def _parse_report(client_id: str, text: str) -> dict[str, Any]:
+    """Parse a client's privacy report; a malformed one is a ProtocolError."""
+    try:
+        report = json.loads(text)
+        float(report["epsilon"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ProtocolError(f"client {client_id}: privacy report must be JSON with an epsilon; "
+                            f"got {text[:80]!r}") from err
+    return dict(report)
 
 
 __all__ = ["ClientInfo", "FederatedRun", "RunOutcome"]

@@ -19,6 +19,7 @@ Both use the add-or-remove-one neighbouring relation.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -211,6 +212,14 @@ def calibrate_noise_multiplier(
         raise InvalidPrivacyParameterError(
             f"accountant must be one of rdp, prv; got {accountant!r}"
         )
+    return _calibrate_cached(target, delta, event.sample_rate, event.steps, accountant,
+                             epsilon_tolerance)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_cached(target: float, delta: float, sample_rate: float, steps: int,
+                      accountant: str, epsilon_tolerance: float) -> float:
+    """The bisection itself; memoised because a client re-plans every round (~2 s each)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
@@ -221,23 +230,23 @@ def calibrate_noise_multiplier(
             sigma = get_noise_multiplier(
                 target_epsilon=target,
                 target_delta=delta,
-                sample_rate=event.sample_rate,
-                steps=event.steps,
+                sample_rate=sample_rate,
+                steps=steps,
                 accountant=accountant,
                 epsilon_tolerance=epsilon_tolerance,
             )
     except ValueError as err:
         raise InvalidPrivacyParameterError(
             f"target_epsilon {target:g} cannot be reached at delta {delta:g} with sample "
-            f"rate {event.sample_rate:g} over {event.steps} steps: {err}"
+            f"rate {sample_rate:g} over {steps} steps: {err}"
         ) from err
     logger.debug(
         "calibrated sigma=%.4f for eps=%g delta=%g q=%.4g steps=%d (%s)",
         sigma,
         target,
         delta,
-        event.sample_rate,
-        event.steps,
+        sample_rate,
+        steps,
         accountant,
     )
     return float(sigma)

@@ -210,6 +210,38 @@ def user_level_epsilon(
     )
 
 
+def user_level_epsilon_of_rounds(
+    *,
+    population: int,
+    clients_per_round: int,
+    noise_multipliers: Sequence[float],
+    delta: float,
+    accountant: str = "rdp",
+) -> float:
+    """Return user-level epsilon of rounds whose sums carried the given sigmas.
+
+    Like :func:`user_level_epsilon`, but each round is its own subsampled Gaussian event,
+    so a round where fewer than the sampled clients contributed (and the sum therefore
+    carried only :func:`effective_noise_multiplier`) is accounted as what it was.
+
+    Raises:
+        InvalidPrivacyParameterError: a parameter outside its domain.
+    """
+    q = user_level_sample_rate(population=population, clients_per_round=clients_per_round)
+    delta = check_delta(delta)
+    history = [DpSgdEvent(check_positive(s, name="noise_multiplier"), q, 1)
+               for s in noise_multipliers]
+    if not history:
+        return 0.0
+    if accountant in ("rdp", "pld"):
+        return dp_accounting_epsilon(history, delta=delta, accountant=accountant)
+    if accountant == "prv":
+        return epsilon_from_history(history, delta=delta, accountant="prv")
+    raise InvalidPrivacyParameterError(
+        f"accountant must be one of {', '.join(USER_LEVEL_ACCOUNTANTS)}; got {accountant!r}"
+    )
+
+
 def calibrate_user_noise_multiplier(
     *,
     target_epsilon: float,
@@ -274,5 +306,6 @@ __all__ = [
     "effective_noise_multiplier",
     "global_l2_norm",
     "user_level_epsilon",
+    "user_level_epsilon_of_rounds",
     "user_level_sample_rate",
 ]
