@@ -13,8 +13,11 @@ encoded weighted contribution ``n * w``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import zlib
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -104,7 +107,7 @@ def spec_of(msg: Message, cfg: ExperimentConfig, data: ClientData) -> ModelSpec:
 
 
 def global_model(msg: Message, cfg: ExperimentConfig, spec: ModelSpec,
-                 codec: ClientCodec) -> nn.Module:
+                 codec: ClientCodec, *, node_id: int) -> nn.Module:
     """Build the round-1 model from the seed, or decode the aggregate the message carries.
 
     Raises:
@@ -117,8 +120,36 @@ def global_model(msg: Message, cfg: ExperimentConfig, spec: ModelSpec,
     shapes = [tuple(v.shape) for v in model.state_dict().values()]
     payload = record_to_payload(msg.content.array_records.get(keys.REC_ARRAYS, ArrayRecord()))
     total = float(config.get(keys.KEY_TOTAL_WEIGHT, 0.0))  # type: ignore[arg-type]
-    set_weights(model, codec.decode(payload, total, shapes))
+    set_weights(model, _decode_once(codec, payload, total, shapes, node_id=node_id))
     return model
+
+
+_last_decoded: dict[int, tuple[bytes, list[np.ndarray]]] = {}  # node id -> last decode
+
+
+def _decode_once(codec: ClientCodec, payload: list[np.ndarray], total: float,
+                 shapes: list[tuple[int, ...]], *, node_id: int) -> list[np.ndarray]:
+    """Decode, reusing this node's result when the same aggregate arrives again (evaluate,
+    then the next round's train, carry the same one). Keyed per node, so simulated clients
+    never share each other's decryptions, and by a digest of the exact bytes."""
+    digest = hashlib.sha256(repr((total, [(a.dtype.str, a.shape) for a in payload])).encode())
+    for a in payload:
+        digest.update(np.ascontiguousarray(a).data)
+    key = digest.digest()
+    cached = _last_decoded.get(node_id)
+    if cached is not None and cached[0] == key:
+        return [a.copy() for a in cached[1]]
+    out = codec.decode(payload, total, shapes)
+    _last_decoded[node_id] = (key, [a.copy() for a in out])
+    return out
+
+
+def reject(msg: Message, client_id: str, err: Exception) -> Message:
+    """Reply that the aggregate failed decoding; the detail (which may quote decrypted
+    values) stays in the client's log, the coordinator gets only the error type."""
+    logger.warning("client %s rejected the aggregate: %s", client_id, err)
+    return status_reply(msg, keys.STATUS_REJECTED, f"aggregate rejected: {type(err).__name__}",
+                        client_id)
 
 
 def status_reply(msg: Message, status: str, reason: str, client_id: str) -> Message:
@@ -156,10 +187,9 @@ def train(msg: Message, context: Context) -> Message:
     round_ = int(config[keys.KEY_SERVER_ROUND])  # type: ignore[arg-type]
     spec = spec_of(msg, cfg, data)
     try:
-        model = global_model(msg, cfg, spec, codec)
+        model = global_model(msg, cfg, spec, codec, node_id=context.node_id)
     except (CorruptPayloadError, KeyMismatchError) as err:
-        logger.warning("client %s rejected the aggregate: %s", cid, err)
-        return status_reply(msg, keys.STATUS_REJECTED, str(err), cid)
+        return reject(msg, cid, err)
     n = len(data.y_train)
     fedai_rec: dict[str, str] = {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
     if cfg.privacy.mode == "none":
@@ -204,10 +234,9 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     data = data_of(context, cfg)
     spec = spec_of(msg, cfg, data)
     try:
-        model = global_model(msg, cfg, spec, codec_of(context, cfg))
+        model = global_model(msg, cfg, spec, codec_of(context, cfg), node_id=context.node_id)
     except (CorruptPayloadError, KeyMismatchError) as err:
-        logger.warning("client %s rejected the aggregate: %s", cid, err)
-        return status_reply(msg, keys.STATUS_REJECTED, str(err), cid)
+        return reject(msg, cid, err)
     res = evaluate(model, data.x_test, data.y_test)
     return Message(RecordDict({
         keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: res.num_examples,

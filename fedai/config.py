@@ -209,18 +209,26 @@ class SecureAggregationSection:
 
     ``scheme = "none"`` aggregates in the clear. ``ckks`` (TenSEAL) and ``paillier``
     (``phe``) need a key directory made by ``fedai keys create``: clients read the secret
-    bundle, the coordinator only the public one.
+    bundle, the coordinator only the public one. ``min_contributors``: a round with fewer
+    usable contributions fails instead of revealing a lone client's model to the others.
+    ``flood_sigma``: Gaussian noise clients add to a decrypted aggregate before rounding
+    (noise flooding against CKKS key recovery, Li & Micciancio 2021); 0 = rounding only.
     """
 
     scheme: SecureScheme = "none"
     key_dir: str = ""
     update_bound: float = 100.0
     round_decimals: int = 6
+    min_contributors: int = 1
+    flood_sigma: float = 0.0
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
         out = _problems_range("secure_aggregation.update_bound", self.update_bound, 0, None,
                               lo_open=True)
+        out += _problems_range("secure_aggregation.min_contributors", self.min_contributors, 1,
+                               100_000)
+        out += _problems_range("secure_aggregation.flood_sigma", self.flood_sigma, 0, 1)
         out += _problems_range("secure_aggregation.round_decimals", self.round_decimals, 1, 12)
         return out
 

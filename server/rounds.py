@@ -268,9 +268,11 @@ class FederatedRun:
             weight += n
             record.trained.append(cid)
         record.num_examples = weight
-        if not good:
+        minimum = self.cfg.secure_aggregation.min_contributors
+        if len(good) < minimum:
             record.status = "failed"
-            record.reason = "no usable contribution this round"
+            record.reason = (f"{len(good)} usable contribution(s); at least {minimum} needed "
+                             "(secure_aggregation.min_contributors)")
             logger.warning("round %d failed: %s; keeping the previous model", round_,
                            record.reason)
             return None
@@ -306,6 +308,8 @@ class FederatedRun:
             loss_sum += float(m[keys.KEY_LOSS]) * n  # type: ignore[arg-type]
             acc_sum += float(m[keys.KEY_ACCURACY]) * n  # type: ignore[arg-type]
             n_sum += n
+        if not rejected and n_sum == 0:
+            rejected.append("no client evaluated (and so bounds-checked) the aggregate")
         if rejected:
             record.status = "failed"
             record.reason = ("aggregate failed the clients' bounds check; discarded, previous "

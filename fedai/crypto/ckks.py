@@ -155,7 +155,8 @@ class CkksCodec:
             load_client_bundle(section.key_dir),
             update_bound=section.update_bound,
             round_decimals=section.round_decimals,
-            rng=rng,
+            flood_sigma=section.flood_sigma,
+            rng=rng if rng is not None or section.flood_sigma == 0 else np.random.default_rng(),
         )
 
     @property

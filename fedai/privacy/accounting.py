@@ -174,10 +174,17 @@ def epsilon_from_history(
     delta = check_delta(delta)
     events = [check_event(e, where=f"history[{i}]") for i, e in enumerate(history)]
     acc = _opacus_accountant(accountant)
-    events = [e for e in events if e.steps > 0]
-    if not events:
+    # Composition is commutative and identical mechanisms compose by adding steps (RDP is
+    # additive in steps; PRV self-composes), so merge equal (sigma, q) events: a client's
+    # ledger has one entry per round and would otherwise cost one RDP evaluation each.
+    merged: dict[tuple[float, float], int] = {}
+    for e in events:
+        if e.steps > 0:
+            key = (e.noise_multiplier, e.sample_rate)
+            merged[key] = merged.get(key, 0) + e.steps
+    if not merged:
         return 0.0
-    acc.history = [tuple(e) for e in events]  # type: ignore[attr-defined]
+    acc.history = [(s, q, n) for (s, q), n in merged.items()]  # type: ignore[attr-defined]
     with warnings.catch_warnings():
         # PRV: "divide by zero encountered in log" inside opacus' prvs.py is harmless.
         warnings.simplefilter("ignore", RuntimeWarning)
