@@ -18,16 +18,15 @@ import logging
 import zlib
 
 import numpy as np
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.privacy import LedgerStore, train_private, user_level_contribution
+from clients.privacy import report as privacy_report
 from fedai.aggregation import ClientCodec
 from fedai.config import ExperimentConfig, SecureAggregationSection
 from fedai.data import ClientData, load_client, load_local_file
-from clients.privacy import LedgerStore, train_private, user_level_contribution
-from clients.privacy import report as privacy_report
 from fedai.errors import (
     CorruptPayloadError,
     KeyMismatchError,
@@ -50,8 +49,9 @@ def experiment_of(msg: Message) -> ExperimentConfig:
     """Parse the experiment config the coordinator sent."""
     config = msg.content.config_records.get(keys.REC_CONFIG)
     if config is None or keys.KEY_EXPERIMENT not in config:
-        raise ProtocolError(f"message must carry ConfigRecord {keys.REC_CONFIG!r} with "
-                            f"{keys.KEY_EXPERIMENT!r}")
+        raise ProtocolError(
+            f"message must carry ConfigRecord {keys.REC_CONFIG!r} with {keys.KEY_EXPERIMENT!r}"
+        )
     return ExperimentConfig.from_json(str(config[keys.KEY_EXPERIMENT]))
 
 
@@ -71,8 +71,10 @@ def data_of(context: Context, cfg: ExperimentConfig) -> ClientData:
     if keys.NODE_DATA_PATH in node:
         return _local_file(str(node[keys.NODE_DATA_PATH]), client_id_of(context), cfg.to_json())
     if keys.NODE_PARTITION_ID not in node:
-        raise ProtocolError(f"node_config must set {keys.NODE_DATA_PATH!r} (a real node) or "
-                            f"{keys.NODE_PARTITION_ID!r} (simulation); got {sorted(node)}")
+        raise ProtocolError(
+            f"node_config must set {keys.NODE_DATA_PATH!r} (a real node) or "
+            f"{keys.NODE_PARTITION_ID!r} (simulation); got {sorted(node)}"
+        )
     return load_client(cfg, int(node[keys.NODE_PARTITION_ID]))
 
 
@@ -102,12 +104,17 @@ def spec_of(msg: Message, cfg: ExperimentConfig, data: ClientData) -> ModelSpec:
     """The global model's spec (class count as agreed in discovery)."""
     config = msg.content.config_records[keys.REC_CONFIG]
     num_classes = int(config.get(keys.KEY_NUM_CLASSES, data.num_classes))  # type: ignore[arg-type]
-    return ModelSpec(name=cfg.model.name, input_shape=data.input_shape,
-                     num_classes=num_classes, hidden=cfg.model.hidden)
+    return ModelSpec(
+        name=cfg.model.name,
+        input_shape=data.input_shape,
+        num_classes=num_classes,
+        hidden=cfg.model.hidden,
+    )
 
 
-def global_model(msg: Message, cfg: ExperimentConfig, spec: ModelSpec,
-                 codec: ClientCodec, *, node_id: int) -> nn.Module:
+def global_model(
+    msg: Message, cfg: ExperimentConfig, spec: ModelSpec, codec: ClientCodec, *, node_id: int
+) -> nn.Module:
     """Build the round-1 model from the seed, or decode the aggregate the message carries.
 
     Raises:
@@ -127,11 +134,19 @@ def global_model(msg: Message, cfg: ExperimentConfig, spec: ModelSpec,
 _last_decoded: dict[int, tuple[bytes, list[np.ndarray]]] = {}  # node id -> last decode
 
 
-def _decode_once(codec: ClientCodec, payload: list[np.ndarray], total: float,
-                 shapes: list[tuple[int, ...]], *, node_id: int) -> list[np.ndarray]:
-    """Decode, reusing this node's result when the same aggregate arrives again (evaluate,
-    then the next round's train, carry the same one). Keyed per node, so simulated clients
-    never share each other's decryptions, and by a digest of the exact bytes."""
+def _decode_once(
+    codec: ClientCodec,
+    payload: list[np.ndarray],
+    total: float,
+    shapes: list[tuple[int, ...]],
+    *,
+    node_id: int,
+) -> list[np.ndarray]:
+    """Decode, reusing this node's result when the same aggregate arrives again.
+
+    Evaluate, then the next round's train, carry the same aggregate. Keyed per node, so
+    simulated clients never share each other's decryptions, and by a digest of the bytes.
+    """
     digest = hashlib.sha256(repr((total, [(a.dtype.str, a.shape) for a in payload])).encode())
     for a in payload:
         digest.update(np.ascontiguousarray(a).data)
@@ -145,18 +160,33 @@ def _decode_once(codec: ClientCodec, payload: list[np.ndarray], total: float,
 
 
 def reject(msg: Message, client_id: str, err: Exception) -> Message:
-    """Reply that the aggregate failed decoding; the detail (which may quote decrypted
-    values) stays in the client's log, the coordinator gets only the error type."""
+    """Reply that the aggregate failed decoding.
+
+    The detail (which may quote decrypted values) stays in the client's log; the
+    coordinator gets only the error type.
+    """
     logger.warning("client %s rejected the aggregate: %s", client_id, err)
-    return status_reply(msg, keys.STATUS_REJECTED, f"aggregate rejected: {type(err).__name__}",
-                        client_id)
+    return status_reply(
+        msg, keys.STATUS_REJECTED, f"aggregate rejected: {type(err).__name__}", client_id
+    )
 
 
 def status_reply(msg: Message, status: str, reason: str, client_id: str) -> Message:
     """A reply that carries only a status (refused / rejected) and its reason."""
-    return Message(RecordDict({keys.REC_FEDAI: ConfigRecord({
-        keys.KEY_CLIENT_ID: client_id, keys.KEY_STATUS: status, keys.KEY_REASON: reason})}),
-        reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                keys.REC_FEDAI: ConfigRecord(
+                    {
+                        keys.KEY_CLIENT_ID: client_id,
+                        keys.KEY_STATUS: status,
+                        keys.KEY_REASON: reason,
+                    }
+                )
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 # ---------------------------------------------------------------------- handlers
@@ -165,11 +195,22 @@ def hello(msg: Message, context: Context) -> Message:
     """Discovery: report identity and data shape (never the data)."""
     cfg = experiment_of(msg)
     data = data_of(context, cfg)
-    return Message(RecordDict({keys.REC_FEDAI: ConfigRecord({
-        keys.KEY_CLIENT_ID: client_id_of(context),
-        keys.KEY_NUM_TRAIN: len(data.y_train), keys.KEY_NUM_TEST: len(data.y_test),
-        keys.KEY_INPUT_SHAPE: "x".join(str(d) for d in data.input_shape),
-        keys.KEY_NUM_CLASSES: data.num_classes})}), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                keys.REC_FEDAI: ConfigRecord(
+                    {
+                        keys.KEY_CLIENT_ID: client_id_of(context),
+                        keys.KEY_NUM_TRAIN: len(data.y_train),
+                        keys.KEY_NUM_TEST: len(data.y_test),
+                        keys.KEY_INPUT_SHAPE: "x".join(str(d) for d in data.input_shape),
+                        keys.KEY_NUM_CLASSES: data.num_classes,
+                    }
+                )
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 @app.train()
@@ -193,37 +234,47 @@ def train(msg: Message, context: Context) -> Message:
     n = len(data.y_train)
     fedai_rec: dict[str, str] = {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
     if cfg.privacy.mode == "none":
-        loss, _steps = train_local(model, data.x_train, data.y_train, cfg.train,
-                                   seed=round_seed(cfg, cid, round_))
+        loss, _steps = train_local(
+            model, data.x_train, data.y_train, cfg.train, seed=round_seed(cfg, cid, round_)
+        )
         weights, weight = get_weights(model), float(n)
     else:
         store = LedgerStore(context, cid)
         ledger = store.open(cfg, num_samples=n)
         global_weights = get_weights(model)
         try:
-            loss, sigma = train_private(model, data, cfg, ledger=ledger, round_=round_,
-                                        seed=round_seed(cfg, cid, round_))
+            loss, sigma = train_private(
+                model, data, cfg, ledger=ledger, round_=round_, seed=round_seed(cfg, cid, round_)
+            )
         except PrivacyBudgetExceededError as err:
             store.save(ledger)  # persist the exhausted mark with the unchanged history
             reply = status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
             reply.content.config_records[keys.REC_FEDAI][keys.KEY_PRIVACY] = privacy_report(
-                ledger, noise_multiplier=None)
+                ledger, noise_multiplier=None
+            )
             return reply
         store.save(ledger)
         fedai_rec[keys.KEY_PRIVACY] = privacy_report(ledger, noise_multiplier=sigma)
         weights, weight = get_weights(model), float(n)
         if cfg.privacy.mode == "local+user":
             num_sampled = int(config.get(keys.KEY_NUM_SAMPLED, 1))  # type: ignore[arg-type]
-            weights, _info = user_level_contribution(global_weights, weights, cfg,
-                                                     num_sampled=num_sampled)
+            weights, _info = user_level_contribution(
+                global_weights, weights, cfg, num_sampled=num_sampled
+            )
             weight = 1.0  # an example-count weight would multiply the sensitivity
     payload = codec.encode(weights, weight)
-    return Message(RecordDict({
-        keys.REC_ARRAYS: payload_to_record(payload),
-        keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: weight,
-                                        keys.KEY_TRAIN_LOSS: loss}),
-        keys.REC_FEDAI: ConfigRecord(fedai_rec),  # type: ignore[arg-type]
-    }), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                keys.REC_ARRAYS: payload_to_record(payload),
+                keys.REC_METRICS: MetricRecord(
+                    {keys.KEY_NUM_EXAMPLES: weight, keys.KEY_TRAIN_LOSS: loss}
+                ),
+                keys.REC_FEDAI: ConfigRecord(fedai_rec),  # type: ignore[arg-type]
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 @app.evaluate()
@@ -238,9 +289,20 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     except (CorruptPayloadError, KeyMismatchError) as err:
         return reject(msg, cid, err)
     res = evaluate(model, data.x_test, data.y_test)
-    return Message(RecordDict({
-        keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: res.num_examples,
-                                        keys.KEY_LOSS: res.loss,
-                                        keys.KEY_ACCURACY: res.accuracy}),
-        keys.REC_FEDAI: ConfigRecord({keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}),
-    }), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                keys.REC_METRICS: MetricRecord(
+                    {
+                        keys.KEY_NUM_EXAMPLES: res.num_examples,
+                        keys.KEY_LOSS: res.loss,
+                        keys.KEY_ACCURACY: res.accuracy,
+                    }
+                ),
+                keys.REC_FEDAI: ConfigRecord(
+                    {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
+                ),
+            }
+        ),
+        reply_to=msg,
+    )

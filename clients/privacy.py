@@ -36,31 +36,48 @@ LEDGER_FILE = "ledger-{client_id}.json"
 
 
 class LedgerStore:
-    """Loads and saves one client's ledger: on disk if the node has a state dir, else in
-    ``Context.state``."""
+    """Loads and saves one client's ledger.
+
+    On disk if the node has a state dir, else in ``Context.state``.
+    """
 
     def __init__(self, context: Context, client_id: str) -> None:
         self.context = context
         self.client_id = client_id
         state_dir = context.node_config.get(keys.NODE_STATE_DIR)
-        self.path = (Path(str(state_dir)) / LEDGER_FILE.format(client_id=client_id)
-                     if state_dir else None)
+        self.path = (
+            Path(str(state_dir)) / LEDGER_FILE.format(client_id=client_id) if state_dir else None
+        )
 
     def open(self, cfg: ExperimentConfig, *, num_samples: int) -> PrivacyLedger:
         """Return the client's ledger (continued, never reset) under the current settings."""
         p = cfg.privacy
         delta = resolve_delta(p.delta, num_samples=num_samples)
         if self.path is not None:
-            return PrivacyLedger.open(self.path, client_id=self.client_id, delta=delta,
-                                      accountant=p.accountant, budget_epsilon=p.budget_epsilon)
+            return PrivacyLedger.open(
+                self.path,
+                client_id=self.client_id,
+                delta=delta,
+                accountant=p.accountant,
+                budget_epsilon=p.budget_epsilon,
+            )
         record = self.context.state.config_records.get(STATE_LEDGER)
         if record is None:
-            return PrivacyLedger(client_id=self.client_id, delta=delta, accountant=p.accountant,
-                                 budget_epsilon=p.budget_epsilon)
+            return PrivacyLedger(
+                client_id=self.client_id,
+                delta=delta,
+                accountant=p.accountant,
+                budget_epsilon=p.budget_epsilon,
+            )
         stored = PrivacyLedger.from_json(str(record["json"]), source="Context.state ledger")
-        return PrivacyLedger(client_id=self.client_id, delta=delta, accountant=p.accountant,
-                             budget_epsilon=p.budget_epsilon, entries=stored.entries,
-                             exhausted=stored.exhausted)
+        return PrivacyLedger(
+            client_id=self.client_id,
+            delta=delta,
+            accountant=p.accountant,
+            budget_epsilon=p.budget_epsilon,
+            entries=stored.entries,
+            exhausted=stored.exhausted,
+        )
 
     def save(self, ledger: PrivacyLedger) -> None:
         """Persist ``ledger`` (atomic file write on a real node)."""
@@ -69,20 +86,35 @@ class LedgerStore:
             ledger.save(self.path)
         else:
             self.context.state.config_records[STATE_LEDGER] = ConfigRecord(
-                {"json": ledger.to_json()})
+                {"json": ledger.to_json()}
+            )
 
 
 def report(ledger: PrivacyLedger, *, noise_multiplier: float | None) -> str:
     """The privacy report a reply carries: cumulative epsilon and the whole history."""
-    return json.dumps({
-        "epsilon": ledger.epsilon(), "delta": ledger.delta, "accountant": ledger.accountant,
-        "noise_multiplier": noise_multiplier, "rounds_trained": len(ledger),
-        "budget_epsilon": ledger.budget_epsilon, "exhausted": ledger.exhausted,
-        "history": [list(e) for e in ledger.history]})
+    return json.dumps(
+        {
+            "epsilon": ledger.epsilon(),
+            "delta": ledger.delta,
+            "accountant": ledger.accountant,
+            "noise_multiplier": noise_multiplier,
+            "rounds_trained": len(ledger),
+            "budget_epsilon": ledger.budget_epsilon,
+            "exhausted": ledger.exhausted,
+            "history": [list(e) for e in ledger.history],
+        }
+    )
 
 
-def train_private(model: nn.Module, data: ClientData, cfg: ExperimentConfig, *,
-                  ledger: PrivacyLedger, round_: int, seed: int) -> tuple[float, float]:
+def train_private(
+    model: nn.Module,
+    data: ClientData,
+    cfg: ExperimentConfig,
+    *,
+    ledger: PrivacyLedger,
+    round_: int,
+    seed: int,
+) -> tuple[float, float]:
     """One DP-SGD round on ``model`` (in place); returns (mean loss, sigma used).
 
     Raises:
@@ -90,47 +122,84 @@ def train_private(model: nn.Module, data: ClientData, cfg: ExperimentConfig, *,
     """
     t = cfg.train
     n = len(data.y_train)
-    sigma = client_noise_multiplier(cfg.privacy, num_samples=n, batch_size=t.batch_size,
-                                    local_epochs=t.local_epochs,
-                                    rounds=cfg.experiment.rounds, delta=ledger.delta)
-    loader = make_loader(data.x_train, data.y_train, batch_size=t.batch_size, shuffle=True,
-                         generator=torch.Generator().manual_seed(seed))
+    sigma = client_noise_multiplier(
+        cfg.privacy,
+        num_samples=n,
+        batch_size=t.batch_size,
+        local_epochs=t.local_epochs,
+        rounds=cfg.experiment.rounds,
+        delta=ledger.delta,
+    )
+    loader = make_loader(
+        data.x_train,
+        data.y_train,
+        batch_size=t.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
     def optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         if t.optimizer == "adam":
             return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
-                               weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
     # Noise comes from fresh OS entropy (Opacus' default generator), never from the
     # experiment seed: a seed the coordinator knows would let it subtract the noise.
     result, entry = private_round(
-        model, ledger=ledger, round=round_, loader=loader, optimizer_factory=optimizer,
-        epochs=t.local_epochs, noise_multiplier=sigma, max_grad_norm=cfg.privacy.max_grad_norm,
-        grad_sample_mode=cfg.privacy.grad_sample_mode, secure_mode=cfg.privacy.secure_mode)
+        model,
+        ledger=ledger,
+        round=round_,
+        loader=loader,
+        optimizer_factory=optimizer,
+        epochs=t.local_epochs,
+        noise_multiplier=sigma,
+        max_grad_norm=cfg.privacy.max_grad_norm,
+        grad_sample_mode=cfg.privacy.grad_sample_mode,
+        secure_mode=cfg.privacy.secure_mode,
+    )
     model.load_state_dict(result.state_dict)
-    logger.info("client %s round %d: DP-SGD sigma %.3f C %.2f q %.4f steps %d -> epsilon %.3f "
-                "(delta %g)", ledger.client_id, round_, sigma, cfg.privacy.max_grad_norm,
-                result.event.sample_rate, result.event.steps, entry.epsilon, ledger.delta)
+    logger.info(
+        "client %s round %d: DP-SGD sigma %.3f C %.2f q %.4f steps %d -> epsilon %.3f (delta %g)",
+        ledger.client_id,
+        round_,
+        sigma,
+        cfg.privacy.max_grad_norm,
+        result.event.sample_rate,
+        result.event.steps,
+        entry.epsilon,
+        ledger.delta,
+    )
     return result.mean_loss, sigma
 
 
-def user_level_contribution(global_weights: list[np.ndarray], local: list[np.ndarray],
-                            cfg: ExperimentConfig, *, num_sampled: int,
-                            rng_factory: Callable[[], np.random.Generator] = np.random.default_rng,
-                            ) -> tuple[list[np.ndarray], dict[str, Any]]:
+def user_level_contribution(
+    global_weights: list[np.ndarray],
+    local: list[np.ndarray],
+    cfg: ExperimentConfig,
+    *,
+    num_sampled: int,
+    rng_factory: Callable[[], np.random.Generator] = np.random.default_rng,
+) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Clip the update to ``user_clipping_norm`` and add this client's noise share.
 
     Returns the noised weights ``w_global + clip(update) + noise`` (to be encoded with
     weight 1: an example-count weight would multiply the sensitivity) and a small report.
     """
-    update = [loc.astype(np.float64) - g.astype(np.float64)
-              for g, loc in zip(global_weights, local, strict=True)]
-    out = clip_and_noise(update, clipping_norm=cfg.privacy.user_clipping_norm,
-                         noise_multiplier=cfg.privacy.user_noise_multiplier,
-                         num_sampled_clients=num_sampled, rng=rng_factory())
-    weights = [(g.astype(np.float64) + u).astype(g.dtype)
-               for g, u in zip(global_weights, out.update, strict=True)]
+    update = [
+        loc.astype(np.float64) - g.astype(np.float64)
+        for g, loc in zip(global_weights, local, strict=True)
+    ]
+    out = clip_and_noise(
+        update,
+        clipping_norm=cfg.privacy.user_clipping_norm,
+        noise_multiplier=cfg.privacy.user_noise_multiplier,
+        num_sampled_clients=num_sampled,
+        rng=rng_factory(),
+    )
+    weights = [
+        (g.astype(np.float64) + u).astype(g.dtype)
+        for g, u in zip(global_weights, out.update, strict=True)
+    ]
     return weights, {"update_norm": out.norm, "clipped": out.clipped, "noise_std": out.noise_std}
 
 

@@ -58,8 +58,9 @@ def _check_arrays(payload: Payload, what: str) -> None:
         raise CorruptPayloadError(f"{what} must hold at least one array; got none")
     for i, a in enumerate(payload):
         if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
-            raise CorruptPayloadError(f"{what} array {i} must be a float array; got "
-                                      f"{getattr(a, 'dtype', type(a))}")
+            raise CorruptPayloadError(
+                f"{what} array {i} must be a float array; got {getattr(a, 'dtype', type(a))}"
+            )
         if not np.all(np.isfinite(a)):
             raise CorruptPayloadError(f"{what} array {i} must be finite; got NaN or inf")
 
@@ -84,8 +85,9 @@ class PlainSum:
         out = [np.zeros(s, dtype=np.float64) for s in shapes]
         for p in payloads:
             if [a.shape for a in p] != shapes:
-                raise CorruptPayloadError(f"payload shapes must be {shapes}; got "
-                                          f"{[a.shape for a in p]}")
+                raise CorruptPayloadError(
+                    f"payload shapes must be {shapes}; got {[a.shape for a in p]}"
+                )
             for acc, a in zip(out, p, strict=True):
                 acc += a
         return out
@@ -115,13 +117,15 @@ class PlainCodec:
             raise CorruptPayloadError(f"total weight must be > 0; got {total_weight!r}")
         _check_arrays(payload, "aggregate")
         if [tuple(a.shape) for a in payload] != [tuple(s) for s in shapes]:
-            raise CorruptPayloadError(f"aggregate shapes must be {list(shapes)}; got "
-                                      f"{[a.shape for a in payload]}")
+            raise CorruptPayloadError(
+                f"aggregate shapes must be {list(shapes)}; got {[a.shape for a in payload]}"
+            )
         avg = [np.asarray(a, dtype=np.float64) / total_weight for a in payload]
         worst = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in avg)
         if worst > self.bound:
-            raise CorruptPayloadError(f"aggregate values must be within +-{self.bound:g}; "
-                                      f"got {worst:g}")
+            raise CorruptPayloadError(
+                f"aggregate values must be within +-{self.bound:g}; got {worst:g}"
+            )
         if self.round_decimals is not None:
             avg = [np.round(a, self.round_decimals) for a in avg]
         return [a.astype(np.float32) for a in avg]

@@ -1,4 +1,4 @@
-"""The ``fedai`` command.
+r"""The ``fedai`` command.
 
 Subcommands are registered by modules: each module in :data:`_COMMAND_MODULES` exposes
 ``register(subparsers) -> None``, adding parsers whose ``func(args) -> int`` is the
@@ -55,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

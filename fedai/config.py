@@ -36,8 +36,15 @@ SecureScheme = Literal["none", "ckks", "paillier"]
 OptimizerName = Literal["sgd", "adam"]
 
 
-def _problems_range(name: str, value: float, lo: float | None, hi: float | None,
-                    *, lo_open: bool = False, hi_open: bool = False) -> list[str]:
+def _problems_range(
+    name: str,
+    value: float,
+    lo: float | None,
+    hi: float | None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> list[str]:
     """Return a one-element problem list if ``value`` lies outside [lo, hi] (or open ends)."""
     bad = (
         (lo is not None and (value <= lo if lo_open else value < lo))
@@ -67,11 +74,13 @@ class ExperimentSection:
         """Return every range problem of this section."""
         out = _problems_range("experiment.rounds", self.rounds, 1, 100_000)
         out += _problems_range("experiment.num_clients", self.num_clients, 1, 100_000)
-        out += _problems_range("experiment.clients_per_round", self.clients_per_round, 1,
-                               self.num_clients)
+        out += _problems_range(
+            "experiment.clients_per_round", self.clients_per_round, 1, self.num_clients
+        )
         if not self.name or any(c in self.name for c in "/\\\0"):
-            out.append(f"experiment.name must be a non-empty name without slashes; got "
-                       f"{self.name!r}")
+            out.append(
+                f"experiment.name must be a non-empty name without slashes; got {self.name!r}"
+            )
         return out
 
 
@@ -100,8 +109,9 @@ class DataSection:
         """Return every range problem of this section."""
         out = _problems_range("data.alpha", self.alpha, 0, None, lo_open=True)
         out += _problems_range("data.shards_per_client", self.shards_per_client, 1, 10_000)
-        out += _problems_range("data.test_fraction", self.test_fraction, 0, 1,
-                               lo_open=True, hi_open=True)
+        out += _problems_range(
+            "data.test_fraction", self.test_fraction, 0, 1, lo_open=True, hi_open=True
+        )
         out += _problems_range("data.synthetic_alpha", self.synthetic_alpha, 0, None)
         out += _problems_range("data.synthetic_beta", self.synthetic_beta, 0, None)
         out += _problems_range("data.synthetic_dim", self.synthetic_dim, 1, 100_000)
@@ -109,8 +119,10 @@ class DataSection:
         out += _problems_range("data.min_samples", self.min_samples, 2, None)
         known = ("digits", "breast_cancer", "synthetic")
         if not (self.dataset in known or self.dataset.split(":", 1)[0] in ("csv", "npz", "hub")):
-            out.append("data.dataset must be one of digits, breast_cancer, synthetic, "
-                       f"csv:PATH, npz:PATH, hub:NAME; got {self.dataset!r}")
+            out.append(
+                "data.dataset must be one of digits, breast_cancer, synthetic, "
+                f"csv:PATH, npz:PATH, hub:NAME; got {self.dataset!r}"
+            )
         return out
 
 
@@ -179,27 +191,33 @@ class PrivacySection:
         """Return every range problem of this section."""
         out: list[str] = []
         if self.noise_multiplier is not None:
-            out += _problems_range("privacy.noise_multiplier", self.noise_multiplier, 0, None,
-                                   lo_open=True)
+            out += _problems_range(
+                "privacy.noise_multiplier", self.noise_multiplier, 0, None, lo_open=True
+            )
         if self.target_epsilon is not None:
-            out += _problems_range("privacy.target_epsilon", self.target_epsilon, 0, None,
-                                   lo_open=True)
+            out += _problems_range(
+                "privacy.target_epsilon", self.target_epsilon, 0, None, lo_open=True
+            )
         if self.budget_epsilon is not None:
-            out += _problems_range("privacy.budget_epsilon", self.budget_epsilon, 0, None,
-                                   lo_open=True)
+            out += _problems_range(
+                "privacy.budget_epsilon", self.budget_epsilon, 0, None, lo_open=True
+            )
         if self.delta is not None:
             out += _problems_range("privacy.delta", self.delta, 0, 1, lo_open=True, hi_open=True)
-        out += _problems_range("privacy.max_grad_norm", self.max_grad_norm, 0, None,
-                               lo_open=True)
-        out += _problems_range("privacy.user_clipping_norm", self.user_clipping_norm, 0, None,
-                               lo_open=True)
-        out += _problems_range("privacy.user_noise_multiplier", self.user_noise_multiplier, 0,
-                               None, lo_open=True)
+        out += _problems_range("privacy.max_grad_norm", self.max_grad_norm, 0, None, lo_open=True)
+        out += _problems_range(
+            "privacy.user_clipping_norm", self.user_clipping_norm, 0, None, lo_open=True
+        )
+        out += _problems_range(
+            "privacy.user_noise_multiplier", self.user_noise_multiplier, 0, None, lo_open=True
+        )
         if self.mode != "none" and (self.noise_multiplier is None) == (self.target_epsilon is None):
-            out.append("privacy: exactly one of privacy.noise_multiplier and "
-                       f"privacy.target_epsilon must be set when mode is {self.mode!r}; got "
-                       f"noise_multiplier={self.noise_multiplier!r}, "
-                       f"target_epsilon={self.target_epsilon!r}")
+            out.append(
+                "privacy: exactly one of privacy.noise_multiplier and "
+                f"privacy.target_epsilon must be set when mode is {self.mode!r}; got "
+                f"noise_multiplier={self.noise_multiplier!r}, "
+                f"target_epsilon={self.target_epsilon!r}"
+            )
         return out
 
 
@@ -224,10 +242,12 @@ class SecureAggregationSection:
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
-        out = _problems_range("secure_aggregation.update_bound", self.update_bound, 0, None,
-                              lo_open=True)
-        out += _problems_range("secure_aggregation.min_contributors", self.min_contributors, 1,
-                               100_000)
+        out = _problems_range(
+            "secure_aggregation.update_bound", self.update_bound, 0, None, lo_open=True
+        )
+        out += _problems_range(
+            "secure_aggregation.min_contributors", self.min_contributors, 1, 100_000
+        )
         out += _problems_range("secure_aggregation.flood_sigma", self.flood_sigma, 0, 1)
         out += _problems_range("secure_aggregation.round_decimals", self.round_decimals, 1, 12)
         return out
@@ -251,15 +271,15 @@ class AuditSection:
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
         out = _problems_range("audit.shadow_models", self.shadow_models, 1, 256)
-        out += _problems_range("audit.member_fraction", self.member_fraction, 0, 0.5,
-                               lo_open=True)
+        out += _problems_range("audit.member_fraction", self.member_fraction, 0, 0.5, lo_open=True)
         out += _problems_range("audit.epochs", self.epochs, 1, 100_000)
         names = [a.strip() for a in self.attacks.split(",") if a.strip()]
         if not names or any(a not in ("loss", "lira") for a in names):
             out.append(f"audit.attacks must be a comma list of loss, lira; got {self.attacks!r}")
         if "lira" in names and self.shadow_models < 2:
-            out.append("audit.shadow_models must be >= 2 for the lira attack; got "
-                       f"{self.shadow_models}")
+            out.append(
+                f"audit.shadow_models must be >= 2 for the lira attack; got {self.shadow_models}"
+            )
         return out
 
 
@@ -275,8 +295,7 @@ class ExperimentConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
-    secure_aggregation: SecureAggregationSection = field(
-        default_factory=SecureAggregationSection)
+    secure_aggregation: SecureAggregationSection = field(default_factory=SecureAggregationSection)
     audit: AuditSection = field(default_factory=AuditSection)
 
     def __post_init__(self) -> None:
@@ -301,8 +320,9 @@ class ExperimentConfig:
         built: dict[str, Any] = {}
         for key, value in mapping.items():
             if key not in sections:
-                problems.append(f"unknown section [{key}]; expected one of "
-                                f"{', '.join(sorted(sections))}")
+                problems.append(
+                    f"unknown section [{key}]; expected one of {', '.join(sorted(sections))}"
+                )
                 continue
             if not isinstance(value, Mapping):
                 problems.append(f"[{key}] must be a table; got {value!r}")
@@ -350,8 +370,9 @@ class ExperimentConfig:
             try:
                 base = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
             except (OSError, tomllib.TOMLDecodeError) as err:
-                raise ConfigError(f"run_config config-file {config_file!r} cannot be loaded: "
-                                  f"{err}") from err
+                raise ConfigError(
+                    f"run_config config-file {config_file!r} cannot be loaded: {err}"
+                ) from err
         problems = []
         for key, value in rest.items():
             section, _, name = key.partition(".")
@@ -392,8 +413,10 @@ class ExperimentConfig:
             raise ConfigError(f"config JSON is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"config JSON must be an object; got {type(data).__name__}")
-        cleaned = {s: {k: v for k, v in vals.items() if v is not None}
-                   if isinstance(vals, dict) else vals for s, vals in data.items()}
+        cleaned = {
+            s: {k: v for k, v in vals.items() if v is not None} if isinstance(vals, dict) else vals
+            for s, vals in data.items()
+        }
         return cls.from_mapping(cleaned)
 
     def replace(self, **sections: Any) -> ExperimentConfig:
@@ -413,7 +436,8 @@ def _type_name(tp: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, str(tp))
+        tp, str(tp)
+    )
 
 
 def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
@@ -442,8 +466,9 @@ def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
     return False, value  # pragma: no cover - every field uses the types above
 
 
-def _coerce_section(section: str, section_type: type[_SectionT],
-                    values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _coerce_section(
+    section: str, section_type: type[_SectionT], values: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
     hints = typing.get_type_hints(section_type)
     names = [f.name for f in dataclasses.fields(section_type)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}

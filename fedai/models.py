@@ -47,12 +47,16 @@ class ModelSpec:
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         """Inverse of :meth:`to_dict`; raises :class:`ModelError` on a malformed dict."""
         try:
-            return cls(name=str(d["name"]),
-                       input_shape=tuple(int(x) for x in d["input_shape"]),
-                       num_classes=int(d["num_classes"]), hidden=int(d.get("hidden", 128)))
+            return cls(
+                name=str(d["name"]),
+                input_shape=tuple(int(x) for x in d["input_shape"]),
+                num_classes=int(d["num_classes"]),
+                hidden=int(d.get("hidden", 128)),
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise ModelError(f"model spec must have name, input_shape, num_classes; got {d!r}"
-                             ) from err
+            raise ModelError(
+                f"model spec must have name, input_shape, num_classes; got {d!r}"
+            ) from err
 
 
 class LogisticRegression(nn.Module):
@@ -90,14 +94,22 @@ class SmallCNN(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if len(spec.input_shape) != 3:
-            raise ModelError("model cnn needs image-shaped input (channels, height, width); "
-                             f"got input_shape {spec.input_shape}")
+            raise ModelError(
+                "model cnn needs image-shaped input (channels, height, width); "
+                f"got input_shape {spec.input_shape}"
+            )
         c, h, w = spec.input_shape
         if h < 4 or w < 4:
             raise ModelError(f"model cnn needs height and width >= 4; got {h}x{w}")
         self.features = nn.Sequential(
-            nn.Conv2d(c, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 16, 3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.GroupNorm(8, 32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = nn.Linear(32 * (h // 4) * (w // 4), spec.num_classes)
 
@@ -144,8 +156,9 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     state = {}
     for key, (name, ref), w in zip(keys, model.state_dict().items(), weights, strict=True):
         if tuple(ref.shape) != tuple(w.shape):
-            raise ModelError(f"array {name} must have shape {tuple(ref.shape)}; got "
-                             f"{tuple(w.shape)}")
+            raise ModelError(
+                f"array {name} must have shape {tuple(ref.shape)}; got {tuple(w.shape)}"
+            )
         state[key] = torch.as_tensor(np.asarray(w), dtype=ref.dtype)
     model.load_state_dict(state)
 
@@ -171,8 +184,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec]:
         spec = ModelSpec.from_dict(json.loads((d / SPEC_FILE).read_text(encoding="utf-8")))
         state = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
     except (OSError, json.JSONDecodeError, RuntimeError) as err:
-        raise ModelError(f"saved model in {str(d)!r} must have {MODEL_FILE} and {SPEC_FILE}: "
-                         f"{err}") from err
+        raise ModelError(
+            f"saved model in {str(d)!r} must have {MODEL_FILE} and {SPEC_FILE}: {err}"
+        ) from err
     model = build_model(spec)
     try:
         model.load_state_dict(state)

@@ -56,16 +56,23 @@ class RunSummary:
         """Accuracy and loss of the last successful round, and total seconds."""
         ok = [r for r in self.rounds if r.status == "ok" and r.accuracy is not None]
         last = ok[-1] if ok else None
-        return {"accuracy": last.accuracy if last else None,
-                "loss": last.loss if last else None,
-                "seconds": round(self.seconds, 3),
-                "rounds_completed": len(ok),
-                "rounds_failed": sum(r.status != "ok" for r in self.rounds)}
+        return {
+            "accuracy": last.accuracy if last else None,
+            "loss": last.loss if last else None,
+            "seconds": round(self.seconds, 3),
+            "rounds_completed": len(ok),
+            "rounds_failed": sum(r.status != "ok" for r in self.rounds),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Return the ``results.json`` document."""
-        return {"config": self.config, "rounds": [r.to_dict() for r in self.rounds],
-                "final": self.final, "stop_reason": self.stop_reason, "clients": self.clients}
+        return {
+            "config": self.config,
+            "rounds": [r.to_dict() for r in self.rounds],
+            "final": self.final,
+            "stop_reason": self.stop_reason,
+            "clients": self.clients,
+        }
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -107,7 +114,7 @@ def plot_accuracy(path: Path, summary: RunSummary) -> None:
     import matplotlib.pyplot as plt
 
     xs = [r.round for r in summary.rounds if r.accuracy is not None]
-    ys = [r.accuracy for r in summary.rounds if r.accuracy is not None]
+    ys = [float(r.accuracy) for r in summary.rounds if r.accuracy is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, ys, marker="o")
     ax.set_xlabel("round")
@@ -121,8 +128,10 @@ def plot_accuracy(path: Path, summary: RunSummary) -> None:
 
 
 def plot_accuracy_vs_epsilon(path: Path, summary: RunSummary) -> None:
-    """Plot federated test accuracy against the privacy spent so far (max client epsilon,
-    and user-level epsilon when there is one)."""
+    """Plot federated test accuracy against the privacy spent so far.
+
+    Sample-level: the max client epsilon; user-level epsilon too when there is one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,13 +139,19 @@ def plot_accuracy_vs_epsilon(path: Path, summary: RunSummary) -> None:
 
     rows = [r for r in summary.rounds if r.accuracy is not None and r.privacy]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r.privacy.get("max_epsilon", 0.0) for r in rows], [r.accuracy for r in rows],
-            marker="o", label="sample-level (max client epsilon)")
-    user = [(r.privacy["user_level"]["epsilon"], r.accuracy) for r in rows
-            if isinstance(r.privacy.get("user_level"), dict)]
+    ax.plot(
+        [r.privacy.get("max_epsilon", 0.0) for r in rows],
+        [float(r.accuracy or 0.0) for r in rows],
+        marker="o",
+        label="sample-level (max client epsilon)",
+    )
+    user = [
+        (float(r.privacy["user_level"]["epsilon"]), float(r.accuracy or 0.0))
+        for r in rows
+        if isinstance(r.privacy.get("user_level"), dict)
+    ]
     if user:
-        ax.plot([u[0] for u in user], [u[1] for u in user], marker="s",
-                label="user-level epsilon")
+        ax.plot([u[0] for u in user], [u[1] for u in user], marker="s", label="user-level epsilon")
     ax.set_xlabel("epsilon spent")
     ax.set_ylabel("federated test accuracy")
     ax.set_ylim(0, 1)
@@ -147,5 +162,12 @@ def plot_accuracy_vs_epsilon(path: Path, summary: RunSummary) -> None:
     plt.close(fig)
 
 
-__all__ = ["RoundRecord", "RunSummary", "atomic_write_text", "default_run_dir",
-           "plot_accuracy", "plot_accuracy_vs_epsilon", "write_results"]
+__all__ = [
+    "RoundRecord",
+    "RunSummary",
+    "atomic_write_text",
+    "default_run_dir",
+    "plot_accuracy",
+    "plot_accuracy_vs_epsilon",
+    "write_results",
+]

@@ -1,5 +1,7 @@
-"""Build the aggregation pair for a config: the coordinator's :class:`SecureSum` and the
-clients' :class:`ClientCodec` (see :mod:`fedai.aggregation`).
+"""Build the aggregation pair for a config: coordinator summer and client codec.
+
+The coordinator's :class:`SecureSum` and the clients' :class:`ClientCodec` (see
+:mod:`fedai.aggregation`).
 
 ``none`` aggregates in the clear. Secure schemes live in :mod:`fedai.crypto` and are
 imported only when configured (TenSEAL/phe are heavy).
@@ -17,14 +19,15 @@ from fedai.errors import ConfigError
 def _key_dir(section: SecureAggregationSection, override: str | None) -> str:
     key_dir = override or section.key_dir
     if not key_dir:
-        raise ConfigError(f"secure_aggregation.key_dir must name a key directory (made by "
-                          f"`fedai keys create --scheme {section.scheme}`) when scheme is "
-                          f"{section.scheme!r}; got none")
+        raise ConfigError(
+            f"secure_aggregation.key_dir must name a key directory (made by "
+            f"`fedai keys create --scheme {section.scheme}`) when scheme is "
+            f"{section.scheme!r}; got none"
+        )
     return key_dir
 
 
-def coordinator_sum(section: SecureAggregationSection, *, key_dir: str | None = None
-                    ) -> SecureSum:
+def coordinator_sum(section: SecureAggregationSection, *, key_dir: str | None = None) -> SecureSum:
     """Return the coordinator-side summer for ``section.scheme`` (public material only)."""
     if section.scheme == "none":
         return PlainSum()
@@ -32,12 +35,13 @@ def coordinator_sum(section: SecureAggregationSection, *, key_dir: str | None = 
         from fedai.crypto.ckks import CkksSum
 
         return CkksSum.from_config(replace(section, key_dir=_key_dir(section, key_dir)))
-    raise ConfigError(f"secure_aggregation.scheme {section.scheme!r} is not available in this "
-                      "build; use none or ckks")
+    raise ConfigError(
+        f"secure_aggregation.scheme {section.scheme!r} is not available in this "
+        "build; use none or ckks"
+    )
 
 
-def client_codec(section: SecureAggregationSection, *, key_dir: str | None = None
-                 ) -> ClientCodec:
+def client_codec(section: SecureAggregationSection, *, key_dir: str | None = None) -> ClientCodec:
     """Return the client-side codec for ``section.scheme`` (reads the secret bundle)."""
     if section.scheme == "none":
         return PlainCodec(bound=section.update_bound, round_decimals=section.round_decimals)
@@ -45,8 +49,10 @@ def client_codec(section: SecureAggregationSection, *, key_dir: str | None = Non
         from fedai.crypto.ckks import CkksCodec
 
         return CkksCodec.from_config(replace(section, key_dir=_key_dir(section, key_dir)))
-    raise ConfigError(f"secure_aggregation.scheme {section.scheme!r} is not available in this "
-                      "build; use none or ckks")
+    raise ConfigError(
+        f"secure_aggregation.scheme {section.scheme!r} is not available in this "
+        "build; use none or ckks"
+    )
 
 
 __all__ = ["client_codec", "coordinator_sum"]

@@ -26,11 +26,18 @@ class EvalResult:
     num_examples: int
 
 
-def make_loader(x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool,
-                generator: torch.Generator | None = None) -> DataLoader[tuple[torch.Tensor, ...]]:
+def make_loader(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> DataLoader[tuple[torch.Tensor, ...]]:
     """Return a DataLoader over float32 features and int64 labels."""
-    ds = TensorDataset(torch.as_tensor(x, dtype=torch.float32),
-                       torch.as_tensor(y, dtype=torch.int64))
+    ds = TensorDataset(
+        torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    )
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
@@ -38,12 +45,18 @@ def make_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.Optimiz
     """Build the optimizer named in ``train``."""
     if train.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
-                           weight_decay=train.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+    )
 
 
-def train_epochs(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]],
-                 optimizer: torch.optim.Optimizer, *, epochs: int) -> tuple[float, int]:
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+) -> tuple[float, int]:
     """Train ``model`` in place; return (mean training loss of the last epoch, steps taken)."""
     model.train()
     criterion = nn.CrossEntropyLoss()
@@ -65,8 +78,9 @@ def train_epochs(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]],
     return last, steps
 
 
-def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, train: TrainSection, *,
-                seed: int) -> tuple[float, int]:
+def train_local(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, train: TrainSection, *, seed: int
+) -> tuple[float, int]:
     """Non-private local training of ``model`` on (x, y); returns (loss, steps)."""
     gen = torch.Generator().manual_seed(seed)
     loader = make_loader(x, y, batch_size=train.batch_size, shuffle=True, generator=gen)
@@ -74,8 +88,9 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, train: TrainSect
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
-             ) -> EvalResult:
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
+) -> EvalResult:
     """Return mean cross-entropy and accuracy of ``model`` on (x, y)."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -88,5 +103,4 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int 
     return EvalResult(loss / max(n, 1), correct / max(n, 1), n)
 
 
-__all__ = ["EvalResult", "evaluate", "make_loader", "make_optimizer", "train_epochs",
-           "train_local"]
+__all__ = ["EvalResult", "evaluate", "make_loader", "make_optimizer", "train_epochs", "train_local"]

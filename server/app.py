@@ -32,8 +32,10 @@ def format_progress(record: RoundRecord, total: int) -> str:
     """One progress line: round, accuracy, loss, seconds (and failures, epsilon if any)."""
     acc = "  -   " if record.accuracy is None else f"{record.accuracy:.4f}"
     loss = "  -   " if record.loss is None else f"{record.loss:.4f}"
-    line = (f"round {record.round:>3}/{total}  acc {acc}  loss {loss}  "
-            f"{record.seconds:6.2f}s  clients {len(record.trained)}/{len(record.sampled)}")
+    line = (
+        f"round {record.round:>3}/{total}  acc {acc}  loss {loss}  "
+        f"{record.seconds:6.2f}s  clients {len(record.trained)}/{len(record.sampled)}"
+    )
     eps = record.privacy.get("max_epsilon")
     if isinstance(eps, int | float):
         line += f"  eps(max client) {eps:.3f}"
@@ -47,8 +49,13 @@ def format_progress(record: RoundRecord, total: int) -> str:
     return line
 
 
-def run_federation(grid: Grid, cfg: ExperimentConfig, *, on_round: RoundCallback | None = None,
-                   key_dir: str | None = None) -> RunOutcome:
+def run_federation(
+    grid: Grid,
+    cfg: ExperimentConfig,
+    *,
+    on_round: RoundCallback | None = None,
+    key_dir: str | None = None,
+) -> RunOutcome:
     """Run the configured experiment on ``grid`` and return its outcome."""
     summer = coordinator_sum(cfg.secure_aggregation, key_dir=key_dir)
     return FederatedRun(cfg, grid, summer=summer, on_round=on_round).execute()
@@ -61,8 +68,10 @@ def save_outcome(outcome: RunOutcome, out_dir: Path) -> Path:
     no plaintext model; a key holder decrypts it (``fedai simulate`` does, as the operator).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if outcome.payload is not None and outcome.summary.config["secure_aggregation"][
-            "scheme"] == "none":
+    if (
+        outcome.payload is not None
+        and outcome.summary.config["secure_aggregation"]["scheme"] == "none"
+    ):
         model = build_model(outcome.spec)
         shapes = [tuple(v.shape) for v in model.state_dict().values()]
         section = outcome.summary.config["secure_aggregation"]
@@ -72,8 +81,12 @@ def save_outcome(outcome: RunOutcome, out_dir: Path) -> Path:
     return write_results(out_dir, outcome.summary)
 
 
-def build_server_app(cfg: ExperimentConfig, *, on_round: RoundCallback | None = None,
-                     sink: Callable[[RunOutcome], None] | None = None) -> ServerApp:
+def build_server_app(
+    cfg: ExperimentConfig,
+    *,
+    on_round: RoundCallback | None = None,
+    sink: Callable[[RunOutcome], None] | None = None,
+) -> ServerApp:
     """Return a ServerApp bound to ``cfg``; ``sink`` receives the outcome when it ends."""
     server_app = ServerApp()
 

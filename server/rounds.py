@@ -26,7 +26,7 @@ from fedai.aggregation import Payload, SecureSum
 from fedai.config import ExperimentConfig
 from fedai.errors import CorruptPayloadError, FedAIError, KeyMismatchError, ProtocolError
 from fedai.federation import keys
-from fedai.federation.records import payload_to_record, reply_payload
+from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
 from fedai.models import ModelSpec
 from fedai.privacy.accounting import DEFAULT_DELTA
 from fedai.privacy.user_level import effective_noise_multiplier, user_level_epsilon_of_rounds
@@ -64,9 +64,16 @@ class RunOutcome:
 class FederatedRun:
     """Runs ``cfg.experiment.rounds`` rounds of sample -> train -> sum -> evaluate."""
 
-    def __init__(self, cfg: ExperimentConfig, grid: Grid, *, summer: SecureSum,
-                 on_round: RoundCallback | None = None, timeout: float = 3600.0,
-                 discovery_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        grid: Grid,
+        *,
+        summer: SecureSum,
+        on_round: RoundCallback | None = None,
+        timeout: float = 3600.0,
+        discovery_timeout: float = 120.0,
+    ) -> None:
         self.cfg = cfg
         self.grid = grid
         self.summer = summer
@@ -79,14 +86,27 @@ class FederatedRun:
         self._user_sigmas: list[float] = []  # sigma each round's sum carried (local+user)
 
     # ------------------------------------------------------------------ messaging
-    def _send(self, node_ids: list[int], message_type: str, round_: int,
-              arrays: ArrayRecord, config: dict[str, bool | int | float | str]
-              ) -> dict[int, Message]:
-        base = {keys.KEY_SERVER_ROUND: round_, keys.KEY_EXPERIMENT: self._config_json,
-                **self._shared, **config}
+    def _send(
+        self,
+        node_ids: list[int],
+        message_type: str,
+        round_: int,
+        arrays: ArrayRecord,
+        config: dict[str, bool | int | float | str],
+    ) -> dict[int, Message]:
+        base: dict[str, Any] = {
+            keys.KEY_SERVER_ROUND: round_,
+            keys.KEY_EXPERIMENT: self._config_json,
+            **self._shared,
+            **config,
+        }
         messages = [
-            Message(RecordDict({keys.REC_ARRAYS: arrays, keys.REC_CONFIG: ConfigRecord(base)}),
-                    dst_node_id=nid, message_type=message_type, group_id=str(round_))
+            Message(
+                RecordDict({keys.REC_ARRAYS: arrays, keys.REC_CONFIG: ConfigRecord(dict(base))}),
+                dst_node_id=nid,
+                message_type=message_type,
+                group_id=str(round_),
+            )
             for nid in node_ids
         ]
         by_mid: dict[int, Message] = {}
@@ -117,8 +137,10 @@ class FederatedRun:
             time.sleep(1.0)
             node_ids = sorted(self.grid.get_node_ids())
         if len(node_ids) < want:
-            raise ProtocolError(f"experiment.num_clients is {want} but only {len(node_ids)} "
-                                f"node(s) connected within {self.discovery_timeout:g} s")
+            raise ProtocolError(
+                f"experiment.num_clients is {want} but only {len(node_ids)} "
+                f"node(s) connected within {self.discovery_timeout:g} s"
+            )
         replies = self._send(node_ids, keys.MSG_QUERY, 0, ArrayRecord(), {})
         clients: dict[int, ClientInfo] = {}
         for nid in node_ids:
@@ -129,9 +151,14 @@ class FederatedRun:
                 continue
             rec = self._fedai(reply)
             shape = tuple(int(s) for s in str(rec[keys.KEY_INPUT_SHAPE]).split("x"))
-            clients[nid] = ClientInfo(nid, str(rec[keys.KEY_CLIENT_ID]),
-                                      int(rec[keys.KEY_NUM_TRAIN]), int(rec[keys.KEY_NUM_TEST]),
-                                      shape, int(rec[keys.KEY_NUM_CLASSES]))
+            clients[nid] = ClientInfo(
+                nid,
+                str(rec[keys.KEY_CLIENT_ID]),
+                as_int(rec[keys.KEY_NUM_TRAIN], what="num-train"),
+                as_int(rec[keys.KEY_NUM_TEST], what="num-test"),
+                shape,
+                as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes"),
+            )
         if not clients:
             raise ProtocolError("no client answered discovery; every node failed (see log)")
         shapes = {c.input_shape for c in clients.values()}
@@ -157,9 +184,12 @@ class FederatedRun:
         t_start = time.perf_counter()
         clients = self.discover()
         first = next(iter(clients.values()))
-        spec = ModelSpec(name=self.cfg.model.name, input_shape=first.input_shape,
-                         num_classes=max(c.num_classes for c in clients.values()),
-                         hidden=self.cfg.model.hidden)
+        spec = ModelSpec(
+            name=self.cfg.model.name,
+            input_shape=first.input_shape,
+            num_classes=max(c.num_classes for c in clients.values()),
+            hidden=self.cfg.model.hidden,
+        )
         self._shared[keys.KEY_NUM_CLASSES] = spec.num_classes
         summary = RunSummary(config=self.cfg.to_dict())
         payload: Payload | None = None
@@ -168,17 +198,22 @@ class FederatedRun:
             t0 = time.perf_counter()
             sampled = self.sample(clients, round_)
             if not sampled:
-                summary.stop_reason = ("no client can train: every client's privacy budget "
-                                       "is exhausted")
+                summary.stop_reason = (
+                    "no client can train: every client's privacy budget is exhausted"
+                )
                 logger.warning("stopping before round %d: %s", round_, summary.stop_reason)
                 break
-            record = RoundRecord(round=round_, accuracy=None, loss=None, seconds=0.0,
-                                 sampled=[clients[n].client_id for n in sampled])
+            record = RoundRecord(
+                round=round_,
+                accuracy=None,
+                loss=None,
+                seconds=0.0,
+                sampled=[clients[n].client_id for n in sampled],
+            )
             new = self._train_round(clients, sampled, round_, payload, total_weight, record)
             if new is not None:
                 cand_payload, cand_weight = new
-                accepted = self._evaluate_round(clients, round_, cand_payload, cand_weight,
-                                                record)
+                accepted = self._evaluate_round(clients, round_, cand_payload, cand_weight, record)
                 if accepted:
                     payload, total_weight = cand_payload, cand_weight
             if self.cfg.privacy.mode != "none":
@@ -188,42 +223,72 @@ class FederatedRun:
             if self.on_round:
                 self.on_round(record, self.cfg.experiment.rounds)
         summary.seconds = time.perf_counter() - t_start
-        summary.clients = {c.client_id: {"num_train": c.num_train, "num_test": c.num_test,
-                                         "exhausted": c.exhausted} for c in clients.values()}
+        summary.clients = {
+            c.client_id: {
+                "num_train": c.num_train,
+                "num_test": c.num_test,
+                "exhausted": c.exhausted,
+            }
+            for c in clients.values()
+        }
         return RunOutcome(summary, spec, payload, total_weight, clients)
 
     def _privacy_view(self, record: RoundRecord) -> dict[str, Any]:
         """The coordinator's ledger after a round: every client's cumulative epsilon."""
         p = self.cfg.privacy
-        view: dict[str, Any] = {"clients": {cid: dict(r) for cid, r in
-                                            sorted(self._privacy_reports.items())}}
+        view: dict[str, Any] = {
+            "clients": {cid: dict(r) for cid, r in sorted(self._privacy_reports.items())}
+        }
         eps = [r["epsilon"] for r in self._privacy_reports.values()]
         view["max_epsilon"] = max(eps) if eps else 0.0
         if p.mode == "local+user" and record.trained:
-            self._user_sigmas.append(effective_noise_multiplier(
-                noise_multiplier=p.user_noise_multiplier, expected_clients=len(record.sampled),
-                actual_clients=len(record.trained)))
+            self._user_sigmas.append(
+                effective_noise_multiplier(
+                    noise_multiplier=p.user_noise_multiplier,
+                    expected_clients=len(record.sampled),
+                    actual_clients=len(record.trained),
+                )
+            )
         if p.mode == "local+user":
             delta = p.delta if p.delta is not None else DEFAULT_DELTA
             view["user_level"] = {
                 "epsilon": user_level_epsilon_of_rounds(
                     population=self.cfg.experiment.num_clients,
                     clients_per_round=self.cfg.experiment.clients_per_round,
-                    noise_multipliers=self._user_sigmas, delta=delta, accountant="rdp"),
-                "delta": delta, "accountant": "rdp",
+                    noise_multipliers=self._user_sigmas,
+                    delta=delta,
+                    accountant="rdp",
+                ),
+                "delta": delta,
+                "accountant": "rdp",
                 "noise_multipliers": list(self._user_sigmas),
                 "sample_rate": self.cfg.experiment.clients_per_round
-                / self.cfg.experiment.num_clients}
+                / self.cfg.experiment.num_clients,
+            }
         return view
 
-    def _train_round(self, clients: dict[int, ClientInfo], sampled: list[int], round_: int,
-                     payload: Payload | None, total_weight: float, record: RoundRecord
-                     ) -> tuple[Payload, float] | None:
+    def _train_round(
+        self,
+        clients: dict[int, ClientInfo],
+        sampled: list[int],
+        round_: int,
+        payload: Payload | None,
+        total_weight: float,
+        record: RoundRecord,
+    ) -> tuple[Payload, float] | None:
         init = payload is None
         arrays = ArrayRecord() if payload is None else payload_to_record(payload)
-        replies = self._send(sampled, keys.MSG_TRAIN, round_, arrays, {
-            keys.KEY_INIT: init, keys.KEY_TOTAL_WEIGHT: float(total_weight),
-            keys.KEY_NUM_SAMPLED: len(sampled)})
+        replies = self._send(
+            sampled,
+            keys.MSG_TRAIN,
+            round_,
+            arrays,
+            {
+                keys.KEY_INIT: init,
+                keys.KEY_TOTAL_WEIGHT: float(total_weight),
+                keys.KEY_NUM_SAMPLED: len(sampled),
+            },
+        )
         good: list[Payload] = []
         weight = 0.0
         for nid in sampled:
@@ -255,14 +320,18 @@ class FederatedRun:
             try:
                 contribution = reply_payload(reply)
                 self.summer.check(contribution)
-                n = float(reply.content.metric_records[keys.REC_METRICS][keys.KEY_NUM_EXAMPLES])
+                n = as_float(
+                    reply.content.metric_records[keys.REC_METRICS][keys.KEY_NUM_EXAMPLES],
+                    what="num-examples",
+                )
                 if not n > 0:
                     raise ProtocolError(f"num-examples must be > 0; got {n}")
             except (FedAIError, KeyError, TypeError) as err:
                 reason = f"{type(err).__name__}: {err}"
                 record.failures[cid] = reason
-                logger.warning("round %d: contribution of client %s rejected: %s", round_, cid,
-                               reason)
+                logger.warning(
+                    "round %d: contribution of client %s rejected: %s", round_, cid, reason
+                )
                 continue
             good.append(contribution)
             weight += n
@@ -271,10 +340,11 @@ class FederatedRun:
         minimum = self.cfg.secure_aggregation.min_contributors
         if len(good) < minimum:
             record.status = "failed"
-            record.reason = (f"{len(good)} usable contribution(s); at least {minimum} needed "
-                             "(secure_aggregation.min_contributors)")
-            logger.warning("round %d failed: %s; keeping the previous model", round_,
-                           record.reason)
+            record.reason = (
+                f"{len(good)} usable contribution(s); at least {minimum} needed "
+                "(secure_aggregation.min_contributors)"
+            )
+            logger.warning("round %d failed: %s; keeping the previous model", round_, record.reason)
             return None
         try:
             summed = self.summer.sum(good)
@@ -284,12 +354,23 @@ class FederatedRun:
             return None
         return summed, weight
 
-    def _evaluate_round(self, clients: dict[int, ClientInfo], round_: int, payload: Payload,
-                        total_weight: float, record: RoundRecord) -> bool:
+    def _evaluate_round(
+        self,
+        clients: dict[int, ClientInfo],
+        round_: int,
+        payload: Payload,
+        total_weight: float,
+        record: RoundRecord,
+    ) -> bool:
         """Federated evaluation of the candidate aggregate; False if clients reject it."""
         node_ids = sorted(clients)
-        replies = self._send(node_ids, keys.MSG_EVALUATE, round_, payload_to_record(payload),
-                             {keys.KEY_TOTAL_WEIGHT: float(total_weight)})
+        replies = self._send(
+            node_ids,
+            keys.MSG_EVALUATE,
+            round_,
+            payload_to_record(payload),
+            {keys.KEY_TOTAL_WEIGHT: float(total_weight)},
+        )
         loss_sum, acc_sum, n_sum = 0.0, 0.0, 0.0
         rejected: list[str] = []
         for nid in node_ids:
@@ -301,19 +382,27 @@ class FederatedRun:
                 continue
             rec = self._fedai(reply)
             if str(rec.get(keys.KEY_STATUS, keys.STATUS_OK)) == keys.STATUS_REJECTED:
-                rejected.append(f"{cid}: {rec.get(keys.KEY_REASON, '')}")
+                rejected.append(cid + ": " + str(rec.get(keys.KEY_REASON, "")))
                 continue
-            m = reply.content.metric_records[keys.REC_METRICS]
-            n = float(m[keys.KEY_NUM_EXAMPLES])  # type: ignore[arg-type]
-            loss_sum += float(m[keys.KEY_LOSS]) * n  # type: ignore[arg-type]
-            acc_sum += float(m[keys.KEY_ACCURACY]) * n  # type: ignore[arg-type]
+            try:
+                m = reply.content.metric_records[keys.REC_METRICS]
+                n = as_float(m[keys.KEY_NUM_EXAMPLES], what="num-examples")
+                loss = as_float(m[keys.KEY_LOSS], what="loss")
+                acc = as_float(m[keys.KEY_ACCURACY], what="accuracy")
+            except (ProtocolError, KeyError) as err:
+                record.failures.setdefault(cid, f"evaluate: {type(err).__name__}: {err}")
+                continue
+            loss_sum += loss * n
+            acc_sum += acc * n
             n_sum += n
         if not rejected and n_sum == 0:
             rejected.append("no client evaluated (and so bounds-checked) the aggregate")
         if rejected:
             record.status = "failed"
-            record.reason = ("aggregate failed the clients' bounds check; discarded, previous "
-                             "model kept (" + "; ".join(rejected[:3]) + ")")
+            record.reason = (
+                "aggregate failed the clients' bounds check; discarded, previous "
+                "model kept (" + "; ".join(rejected[:3]) + ")"
+            )
             logger.warning("round %d failed: %s", round_, record.reason)
             return False
         if n_sum > 0:
@@ -327,8 +416,9 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
         report = json.loads(text)
         float(report["epsilon"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ProtocolError(f"client {client_id}: privacy report must be JSON with an epsilon; "
-                            f"got {text[:80]!r}") from err
+        raise ProtocolError(
+            f"client {client_id}: privacy report must be JSON with an epsilon; got {text[:80]!r}"
+        ) from err
     return dict(report)
 
 

@@ -39,16 +39,21 @@ def child(backend: str, overrides: list[str]) -> dict[str, object]:
     server_app_module.format_progress = stamp  # type: ignore[assignment]
     outcome = simulate(cfg, backend=backend, verbose=True)
     total = time.perf_counter() - start
-    return {"backend": backend, "import_s": round(t_import, 3),
-            "first_round_s": round(marks[0], 3) if marks else None,
-            "total_s": round(total, 3), "rounds": len(marks),
-            "final_accuracy": outcome.summary.final["accuracy"]}
+    return {
+        "backend": backend,
+        "import_s": round(t_import, 3),
+        "first_round_s": round(marks[0], 3) if marks else None,
+        "total_s": round(total, 3),
+        "rounds": len(marks),
+        "final_accuracy": outcome.summary.final["accuracy"],
+    }
 
 
 def main() -> None:
     """Run both backends side by side and write JSON."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", help="write JSON here (default: print)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--child", choices=("inprocess", "ray"), help=argparse.SUPPRESS)
@@ -65,14 +70,16 @@ def main() -> None:
             cmd += ["--set", o]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         line = next(x for x in proc.stdout.splitlines() if x.startswith("BENCH "))
-        results[backend] = json.loads(line[len("BENCH "):])
+        results[backend] = json.loads(line[len("BENCH ") :])
     ip, ray = results["inprocess"], results["ray"]
     doc = {
         "benchmark": "simulation_start",
         "config_overrides": args.overrides,
         "cpus": os.cpu_count(),
         "results": results,
-        "first_round_ratio_inprocess_over_ray": round(ip["first_round_s"] / ray["first_round_s"], 4),
+        "first_round_ratio_inprocess_over_ray": round(
+            ip["first_round_s"] / ray["first_round_s"], 4
+        ),
         "total_ratio_inprocess_over_ray": round(ip["total_s"] / ray["total_s"], 4),
         "accuracy_difference": abs(ip["final_accuracy"] - ray["final_accuracy"]),
     }

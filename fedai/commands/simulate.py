@@ -25,7 +25,8 @@ def load_config(path: str | None, overrides: list[str]) -> ExperimentConfig:
 def register(sub: Any) -> None:
     """Add the ``simulate`` subcommand."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "simulate", help="run a federated experiment on simulated clients",
+        "simulate",
+        help="run a federated experiment on simulated clients",
         description="Run a federated experiment on simulated clients. Prints one line per "
         "round (round, federated test accuracy, loss, seconds) and writes "
         "DIR/results.json, DIR/model.pt + model.json and DIR/accuracy.png. Without "
@@ -33,18 +34,32 @@ def register(sub: Any) -> None:
         epilog="examples:\n  fedai simulate\n  fedai simulate --config experiments/"
         "quickstart.toml --set train.lr=0.1 --set experiment.rounds=5\n"
         "  fedai simulate --backend ray --out runs/ray-check",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", metavar="FILE", help="experiment TOML (see experiments/)")
-    p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append",
-                   default=[], help="override one setting, e.g. --set train.lr=0.1 "
-                   "(repeatable; values are read as TOML)")
-    p.add_argument("--backend", choices=BACKENDS, default="inprocess",
-                   help="inprocess (default): no Ray, starts instantly; ray: Flower's "
-                   "Simulation Engine, one CPU per client")
-    p.add_argument("--out", metavar="DIR", help="results directory (default "
-                   "runs/<timestamp>-<name>)")
-    p.add_argument("--key-dir", metavar="DIR", help="key directory for secure aggregation "
-                   "(overrides secure_aggregation.key_dir)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one setting, e.g. --set train.lr=0.1 (repeatable; values are read as TOML)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="inprocess",
+        help="inprocess (default): no Ray, starts instantly; ray: Flower's "
+        "Simulation Engine, one CPU per client",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="results directory (default runs/<timestamp>-<name>)"
+    )
+    p.add_argument(
+        "--key-dir",
+        metavar="DIR",
+        help="key directory for secure aggregation (overrides secure_aggregation.key_dir)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-round lines")
     p.set_defaults(func=run)
 
@@ -55,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.key_dir:
         from dataclasses import replace
 
-        cfg = cfg.replace(secure_aggregation=replace(cfg.secure_aggregation,
-                                                     key_dir=args.key_dir))
+        cfg = cfg.replace(secure_aggregation=replace(cfg.secure_aggregation, key_dir=args.key_dir))
     from fedai.results import default_run_dir
 
     out_dir = Path(args.out) if args.out else default_run_dir(cfg.experiment.name)
@@ -66,14 +80,17 @@ def run(args: argparse.Namespace) -> int:
     if outcome.summary.stop_reason:
         print(f"stopped early: {outcome.summary.stop_reason}")
     acc = final["accuracy"]
-    print(f"final accuracy {acc:.4f}" if acc is not None else "final accuracy n/a",
-          f"loss {final['loss']:.4f}" if final["loss"] is not None else "",
-          f"in {final['seconds']:.1f}s; results: {results}")
+    print(
+        f"final accuracy {acc:.4f}" if acc is not None else "final accuracy n/a",
+        f"loss {final['loss']:.4f}" if final["loss"] is not None else "",
+        f"in {final['seconds']:.1f}s; results: {results}",
+    )
     return 0
 
 
-def simulate(cfg: ExperimentConfig, *, backend: str = "inprocess", verbose: bool = True,
-             tap: Any = None) -> Any:
+def simulate(
+    cfg: ExperimentConfig, *, backend: str = "inprocess", verbose: bool = True, tap: Any = None
+) -> Any:
     """Run ``cfg`` on the chosen backend and return the coordinator's RunOutcome."""
     from clients.app import app as client_app
     from server.app import build_server_app, format_progress

@@ -35,8 +35,15 @@ class ClientData:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-def split_train_test(client_id: str, x: np.ndarray, y: np.ndarray, *, test_fraction: float,
-                     seed: int, num_classes: int) -> ClientData:
+def split_train_test(
+    client_id: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    test_fraction: float,
+    seed: int,
+    num_classes: int,
+) -> ClientData:
     """Shuffle and split one client's samples; both splits get at least one sample.
 
     Raises:
@@ -44,8 +51,9 @@ def split_train_test(client_id: str, x: np.ndarray, y: np.ndarray, *, test_fract
     """
     n = len(y)
     if n < 2:
-        raise PartitionError(f"client {client_id} needs at least 2 samples for a train and a "
-                             f"test split; got {n}")
+        raise PartitionError(
+            f"client {client_id} needs at least 2 samples for a train and a test split; got {n}"
+        )
     order = np.random.default_rng(seed).permutation(n)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     te, tr = order[:n_test], order[n_test:]
@@ -79,22 +87,50 @@ def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
     data, exp = cfg.data, cfg.experiment
     seed = exp.seed
     if data.dataset == "synthetic":
-        xs, ys = sources.synthetic(num_clients=exp.num_clients, alpha=data.synthetic_alpha,
-                                   beta=data.synthetic_beta, dim=data.synthetic_dim,
-                                   num_classes=data.synthetic_classes, seed=seed)
-        return [split_train_test(str(i), x, y, test_fraction=data.test_fraction,
-                                 seed=seed + 7919 * (i + 1), num_classes=data.synthetic_classes)
-                for i, (x, y) in enumerate(zip(xs, ys, strict=True))]
+        xs, ys = sources.synthetic(
+            num_clients=exp.num_clients,
+            alpha=data.synthetic_alpha,
+            beta=data.synthetic_beta,
+            dim=data.synthetic_dim,
+            num_classes=data.synthetic_classes,
+            seed=seed,
+        )
+        return [
+            split_train_test(
+                str(i),
+                x,
+                y,
+                test_fraction=data.test_fraction,
+                seed=seed + 7919 * (i + 1),
+                num_classes=data.synthetic_classes,
+            )
+            for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+        ]
     pool = _pool(data)
     if pool.num_classes < 2:
-        raise DataError(f"data set {pool.name!r} must have at least 2 classes; got "
-                        f"{pool.num_classes}")
-    parts = partition.partition(pool.y, exp.num_clients, method=data.partition,
-                                alpha=data.alpha, shards_per_client=data.shards_per_client,
-                                seed=seed, min_samples=data.min_samples)
-    return [split_train_test(str(i), pool.x[idx], pool.y[idx], test_fraction=data.test_fraction,
-                             seed=seed + 7919 * (i + 1), num_classes=pool.num_classes)
-            for i, idx in enumerate(parts)]
+        raise DataError(
+            f"data set {pool.name!r} must have at least 2 classes; got {pool.num_classes}"
+        )
+    parts = partition.partition(
+        pool.y,
+        exp.num_clients,
+        method=data.partition,
+        alpha=data.alpha,
+        shards_per_client=data.shards_per_client,
+        seed=seed,
+        min_samples=data.min_samples,
+    )
+    return [
+        split_train_test(
+            str(i),
+            pool.x[idx],
+            pool.y[idx],
+            test_fraction=data.test_fraction,
+            seed=seed + 7919 * (i + 1),
+            num_classes=pool.num_classes,
+        )
+        for i, idx in enumerate(parts)
+    ]
 
 
 @functools.lru_cache(maxsize=4)
@@ -105,12 +141,19 @@ def _federated_cached(config_json: str) -> tuple[ClientData, ...]:
 def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
     """Return client ``partition_id``'s data (the federation is built once per process)."""
     if not 0 <= partition_id < cfg.experiment.num_clients:
-        raise PartitionError(f"partition id must be in [0, {cfg.experiment.num_clients}); got "
-                             f"{partition_id}")
-    key = ExperimentConfig.from_mapping({"data": _data_dict(cfg.data),
-                                         "experiment": {"seed": cfg.experiment.seed,
-                                                        "num_clients": cfg.experiment.num_clients,
-                                                        "clients_per_round": 1}}).to_json()
+        raise PartitionError(
+            f"partition id must be in [0, {cfg.experiment.num_clients}); got {partition_id}"
+        )
+    key = ExperimentConfig.from_mapping(
+        {
+            "data": _data_dict(cfg.data),
+            "experiment": {
+                "seed": cfg.experiment.seed,
+                "num_clients": cfg.experiment.num_clients,
+                "clients_per_round": 1,
+            },
+        }
+    ).to_json()
     return _federated_cached(key)[partition_id]
 
 
@@ -120,17 +163,21 @@ def _data_dict(data: DataSection) -> dict[str, object]:
     return asdict(data)
 
 
-def load_local_file(path: str, *, client_id: str, data: DataSection, seed: int,
-                    num_classes: int | None = None) -> ClientData:
+def load_local_file(
+    path: str, *, client_id: str, data: DataSection, seed: int, num_classes: int | None = None
+) -> ClientData:
     """Load a real node's own file (``.csv`` or ``.npz``), split it, never partition it."""
-    x, y = files.load_npz(path) if path.endswith(".npz") else files.load_csv(
-        path, label_column=data.label_column)
+    x, y = (
+        files.load_npz(path)
+        if path.endswith(".npz")
+        else files.load_csv(path, label_column=data.label_column)
+    )
     k = num_classes if num_classes is not None else int(y.max()) + 1
     if y.max() >= k:
         raise DataError(f"{path}: labels must be < {k}; got {int(y.max())}")
-    return split_train_test(client_id, x, y, test_fraction=data.test_fraction, seed=seed,
-                            num_classes=max(k, 2))
+    return split_train_test(
+        client_id, x, y, test_fraction=data.test_fraction, seed=seed, num_classes=max(k, 2)
+    )
 
 
-__all__ = ["ClientData", "load_client", "load_federated", "load_local_file",
-           "split_train_test"]
+__all__ = ["ClientData", "load_client", "load_federated", "load_local_file", "split_train_test"]

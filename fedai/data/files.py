@@ -40,8 +40,9 @@ def _features(path: Path, x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         rows = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))
-        raise DataError(f"{path}: features must be finite; got NaN/inf in row(s) "
-                        f"{rows[:5].tolist()}")
+        raise DataError(
+            f"{path}: features must be finite; got NaN/inf in row(s) {rows[:5].tolist()}"
+        )
     return x
 
 
@@ -56,12 +57,12 @@ def load_csv(path: str | Path, *, label_column: str = "label") -> tuple[np.ndarr
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"data file {str(p)!r} cannot be read as CSV: {err}") from err
     if len(rows) < 2:
-        raise DataError(f"{p}: expected a header row and at least one data row; got "
-                        f"{len(rows)} row(s)")
+        raise DataError(
+            f"{p}: expected a header row and at least one data row; got {len(rows)} row(s)"
+        )
     header = [h.strip() for h in rows[0]]
     if label_column not in header:
-        raise DataError(f"{p}: label column {label_column!r} not found; columns are "
-                        f"{header[:20]}")
+        raise DataError(f"{p}: label column {label_column!r} not found; columns are {header[:20]}")
     li = header.index(label_column)
     values = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
     for r, row in enumerate(rows[1:], start=2):
@@ -71,8 +72,9 @@ def load_csv(path: str | Path, *, label_column: str = "label") -> tuple[np.ndarr
             try:
                 values[r - 2, c] = float(cell)
             except ValueError as err:
-                raise DataError(f"{p}: line {r} column {header[c]!r} must be numeric; got "
-                                f"{cell!r}") from err
+                raise DataError(
+                    f"{p}: line {r} column {header[c]!r} must be numeric; got {cell!r}"
+                ) from err
     if np.isnan(values[:, li]).any():
         raise DataError(f"{p}: label column {label_column!r} must not be empty or NaN")
     y = _labels(p, values[:, li])
@@ -89,8 +91,9 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(p, allow_pickle=False) as data:
             missing = [k for k in ("X", "y") if k not in data.files]
             if missing:
-                raise DataError(f"{p}: expected arrays X and y; missing {missing}, found "
-                                f"{data.files}")
+                raise DataError(
+                    f"{p}: expected arrays X and y; missing {missing}, found {data.files}"
+                )
             x_raw, y_raw = data["X"], data["y"]
     except FileNotFoundError as err:
         raise DataError(f"data file {str(p)!r} does not exist") from err
@@ -99,8 +102,9 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     y = _labels(p, y_raw)
     x = _features(p, x_raw)
     if len(x) != len(y) or len(x) == 0:
-        raise DataError(f"{p}: X and y must have the same non-zero length; got {len(x)} and "
-                        f"{len(y)}")
+        raise DataError(
+            f"{p}: X and y must have the same non-zero length; got {len(x)} and {len(y)}"
+        )
     return x, y
 
 

@@ -21,8 +21,9 @@ HUB_SETS: dict[str, tuple[str, str, str, int]] = {
 }
 
 
-def records_to_arrays(records: Iterable[Mapping[str, Any]], *, image_key: str,
-                      label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def records_to_arrays(
+    records: Iterable[Mapping[str, Any]], *, image_key: str, label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Convert hub records (PIL images or arrays + int labels) to (N, C, H, W) float32 in [0,1].
 
     Raises:
@@ -31,8 +32,9 @@ def records_to_arrays(records: Iterable[Mapping[str, Any]], *, image_key: str,
     xs, ys = [], []
     for i, rec in enumerate(records):
         if image_key not in rec or label_key not in rec:
-            raise DataError(f"hub record {i} must have keys {image_key!r} and {label_key!r}; "
-                            f"got {sorted(rec)}")
+            raise DataError(
+                f"hub record {i} must have keys {image_key!r} and {label_key!r}; got {sorted(rec)}"
+            )
         img = np.asarray(rec[image_key], dtype=np.float32)
         if img.ndim == 2:
             img = img[None, :, :]
@@ -57,8 +59,7 @@ def load_hub(name: str) -> tuple[np.ndarray, np.ndarray, int]:
         DataError: unknown name, or the ``hub`` extra (flwr-datasets) is not installed.
     """
     if name not in HUB_SETS:
-        raise DataError(f"data.dataset hub:NAME must name one of {sorted(HUB_SETS)}; got "
-                        f"{name!r}")
+        raise DataError(f"data.dataset hub:NAME must name one of {sorted(HUB_SETS)}; got {name!r}")
     try:
         from flwr_datasets import FederatedDataset
     except ImportError as err:

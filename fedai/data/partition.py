@@ -23,8 +23,9 @@ def iid(n: int, num_clients: int, *, rng: np.random.Generator) -> list[np.ndarra
     return [np.sort(part) for part in np.array_split(rng.permutation(n), num_clients)]
 
 
-def dirichlet(labels: np.ndarray, num_clients: int, *, alpha: float,
-              rng: np.random.Generator) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray, num_clients: int, *, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Return label-skewed index arrays drawn with per-class Dirichlet(alpha) proportions."""
     if not alpha > 0:
         raise PartitionError(f"dirichlet alpha must be > 0; got {alpha!r}")
@@ -38,23 +39,39 @@ def dirichlet(labels: np.ndarray, num_clients: int, *, alpha: float,
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def shards(labels: np.ndarray, num_clients: int, *, shards_per_client: int,
-           rng: np.random.Generator) -> list[np.ndarray]:
+def shards(
+    labels: np.ndarray, num_clients: int, *, shards_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Return index arrays made of ``shards_per_client`` label-sorted shards each."""
     total = num_clients * shards_per_client
     if total > len(labels):
-        raise PartitionError(f"shards: {num_clients} clients x {shards_per_client} shards "
-                             f"needs at least {total} samples; got {len(labels)}")
+        raise PartitionError(
+            f"shards: {num_clients} clients x {shards_per_client} shards "
+            f"needs at least {total} samples; got {len(labels)}"
+        )
     order = np.argsort(labels, kind="stable")
     pieces = np.array_split(order, total)
     deal = rng.permutation(total)
-    return [np.sort(np.concatenate([pieces[s] for s in
-                                    deal[c * shards_per_client:(c + 1) * shards_per_client]]))
-            for c in range(num_clients)]
+    return [
+        np.sort(
+            np.concatenate(
+                [pieces[s] for s in deal[c * shards_per_client : (c + 1) * shards_per_client]]
+            )
+        )
+        for c in range(num_clients)
+    ]
 
 
-def partition(labels: np.ndarray, num_clients: int, *, method: str, alpha: float,
-              shards_per_client: int, seed: int, min_samples: int) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray,
+    num_clients: int,
+    *,
+    method: str,
+    alpha: float,
+    shards_per_client: int,
+    seed: int,
+    min_samples: int,
+) -> list[np.ndarray]:
     """Split sample indices across clients with the named method.
 
     Raises:
@@ -77,7 +94,8 @@ def partition(labels: np.ndarray, num_clients: int, *, method: str, alpha: float
         raise PartitionError(
             f"{method} partition of {len(labels)} samples over {num_clients} clients leaves "
             f"client(s) {small[:10]} with fewer than {min_samples} samples (sizes "
-            f"{[sizes[i] for i in small[:10]]}); use fewer clients, a larger data.alpha, or iid")
+            f"{[sizes[i] for i in small[:10]]}); use fewer clients, a larger data.alpha, or iid"
+        )
     return parts
 
 

@@ -47,9 +47,16 @@ def load_breast_cancer() -> Pool:
     return Pool("breast_cancer", x, data.target.astype(np.int64), 2)
 
 
-def synthetic(*, num_clients: int, alpha: float, beta: float, dim: int = 60,
-              num_classes: int = 10, seed: int = 0, max_samples: int = 2000,
-              ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def synthetic(
+    *,
+    num_clients: int,
+    alpha: float,
+    beta: float,
+    dim: int = 60,
+    num_classes: int = 10,
+    seed: int = 0,
+    max_samples: int = 2000,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """FedProx Synthetic(alpha, beta) with its natural per-client split.
 
     Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, Sec. 5.1:

@@ -22,11 +22,17 @@ def set_task_identity(*, run_id: int, node_id: int, task_id: int = 1) -> None:
     TaskIdentity.node_id = node_id
 
 
-def make_context(*, run_id: int, node_id: int, node_config: UserConfig,
-                 run_config: UserConfig) -> Context:
+def make_context(
+    *, run_id: int, node_id: int, node_config: UserConfig, run_config: UserConfig
+) -> Context:
     """Return a fresh ``Context`` with empty state."""
-    return Context(run_id=run_id, node_id=node_id, node_config=dict(node_config),
-                   state=RecordDict(), run_config=dict(run_config))
+    return Context(
+        run_id=run_id,
+        node_id=node_id,
+        node_config=dict(node_config),
+        state=RecordDict(),
+        run_config=dict(run_config),
+    )
 
 
 def make_run(run_id: int, run_config: UserConfig) -> Run:
@@ -42,5 +48,4 @@ def set_message_id(message: Message, message_id: str) -> None:
     message.metadata.__dict__["_message_id"] = message_id
 
 
-__all__ = ["SUPERLINK_NODE_ID", "make_context", "make_run", "set_message_id",
-           "set_task_identity"]
+__all__ = ["SUPERLINK_NODE_ID", "make_context", "make_run", "set_message_id", "set_task_identity"]

@@ -36,37 +36,57 @@ Tap = Callable[[str, Message], None]
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process."""
 
-    def __init__(self, client_app: ClientApp, node_configs: Sequence[UserConfig], *,
-                 run_id: int, run_config: UserConfig, tap: Tap | None = None) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_configs: Sequence[UserConfig],
+        *,
+        run_id: int,
+        run_config: UserConfig,
+        tap: Tap | None = None,
+    ) -> None:
         self._client_app = client_app
         self._run = fi.make_run(run_id, run_config)
         self._ids = itertools.count(1)
         # Node ids as Flower assigns them: arbitrary ints, not partition ids.
         self._contexts = {
-            1000 + i: fi.make_context(run_id=run_id, node_id=1000 + i, node_config=cfg,
-                                      run_config=run_config)
+            1000 + i: fi.make_context(
+                run_id=run_id, node_id=1000 + i, node_config=cfg, run_config=run_config
+            )
             for i, cfg in enumerate(node_configs)
         }
         self._pending: dict[str, Message] = {}
         self._tap = tap
 
     # -- Grid API --------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:  # noqa: D102 - documented on Grid
+    def set_run(self, run: Run) -> None:
+        """Set the run this Grid operates in."""
         self._run = run
 
     @property
-    def run(self) -> Run:  # noqa: D102
+    def run(self) -> Run:
+        """The run this Grid operates in."""
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:  # noqa: D102
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type,
-                       group_id=group_id, ttl=ttl)
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Create an instruction message (metadata from the task identity)."""
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+    def get_node_ids(self) -> Iterable[int]:
+        """Ids of the in-process nodes."""
         return list(self._contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver messages now; return their ids."""
         ids = []
         for msg in messages:
             if msg.metadata.dst_node_id not in self._contexts:
@@ -79,7 +99,8 @@ class InProcessGrid(Grid):
             ids.append(mid)
         return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Return the replies to the given message ids."""
         out = []
         for mid in message_ids:
             reply = self._pending.pop(mid, None)
@@ -89,41 +110,58 @@ class InProcessGrid(Grid):
                 out.append(reply)
         return out
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:  # noqa: D102
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Deliver every message and return the replies (in-process: no waiting)."""
         return self.pull_messages(self.push_messages(messages))
 
     # -- delivery --------------------------------------------------------------------
     def _deliver(self, msg: Message) -> Message:
         """Run the ClientApp on a copy of ``msg`` in the destination node's context."""
         node_id = msg.metadata.dst_node_id
-        inbound = Message(copy.deepcopy(msg.content), dst_node_id=node_id,
-                          message_type=msg.metadata.message_type,
-                          group_id=msg.metadata.group_id)
+        inbound = Message(
+            copy.deepcopy(msg.content),
+            dst_node_id=node_id,
+            message_type=msg.metadata.message_type,
+            group_id=msg.metadata.group_id,
+        )
         # The ClientApp sees the message as addressed from the coordinator.
-        inbound.metadata.__dict__.update({"_message_id": msg.metadata.message_id,
-                                          "_src_node_id": fi.SUPERLINK_NODE_ID})
+        inbound.metadata.__dict__.update(
+            {"_message_id": msg.metadata.message_id, "_src_node_id": fi.SUPERLINK_NODE_ID}
+        )
         fi.set_task_identity(run_id=self._run.run_id, node_id=node_id)
         try:
             reply = self._client_app(inbound, self._contexts[node_id])
-            reply = Message(copy.deepcopy(reply.content), reply_to=inbound) \
-                if reply.has_content() else reply
-        except Exception as err:  # noqa: BLE001 - a node's crash becomes an error reply
-            logger.warning("ClientApp on node %s raised %s: %s", node_id,
-                           type(err).__name__, err)
+            reply = (
+                Message(copy.deepcopy(reply.content), reply_to=inbound)
+                if reply.has_content()
+                else reply
+            )
+        except Exception as err:
+            logger.warning("ClientApp on node %s raised %s: %s", node_id, type(err).__name__, err)
             logger.debug("%s", traceback.format_exc())
-            reply = Message(Error(code=CLIENT_EXCEPTION_CODE,
-                                  reason=f"{type(err).__name__}: {err}"), reply_to=inbound)
+            reply = Message(
+                Error(code=CLIENT_EXCEPTION_CODE, reason=f"{type(err).__name__}: {err}"),
+                reply_to=inbound,
+            )
         finally:
             fi.set_task_identity(run_id=self._run.run_id, node_id=fi.SUPERLINK_NODE_ID)
         fi.set_message_id(reply, f"r{msg.metadata.message_id}")
         return reply
 
 
-def run_inprocess(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int,
-                  run_config: Mapping[str, bool | int | float | str] | None = None,
-                  node_configs: Sequence[UserConfig] | None = None, run_id: int = 1,
-                  tap: Tap | None = None, torch_threads: int | None = 1) -> float:
+def run_inprocess(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    *,
+    num_supernodes: int,
+    run_config: Mapping[str, bool | int | float | str] | None = None,
+    node_configs: Sequence[UserConfig] | None = None,
+    run_id: int = 1,
+    tap: Tap | None = None,
+    torch_threads: int | None = 1,
+) -> float:
     """Run ``server_app`` against ``num_supernodes`` in-process ClientApps; return seconds.
 
     ``node_configs`` defaults to Flower's simulation node config
@@ -136,13 +174,22 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, *, num_supernode
 
         torch.set_num_threads(torch_threads)
     cfg: UserConfig = dict(run_config or {})
-    nodes = list(node_configs) if node_configs is not None else [
-        {"partition-id": i, "num-partitions": num_supernodes} for i in range(num_supernodes)]
+    nodes = (
+        list(node_configs)
+        if node_configs is not None
+        else [
+            dict[str, bool | int | float | str](
+                {"partition-id": i, "num-partitions": num_supernodes}
+            )
+            for i in range(num_supernodes)
+        ]
+    )
     t0 = time.perf_counter()
     fi.set_task_identity(run_id=run_id, node_id=fi.SUPERLINK_NODE_ID)
     grid = InProcessGrid(client_app, nodes, run_id=run_id, run_config=cfg, tap=tap)
-    context = fi.make_context(run_id=run_id, node_id=fi.SUPERLINK_NODE_ID, node_config={},
-                              run_config=cfg)
+    context = fi.make_context(
+        run_id=run_id, node_id=fi.SUPERLINK_NODE_ID, node_config={}, run_config=cfg
+    )
     server_app(grid, context)
     return time.perf_counter() - t0
 

@@ -15,8 +15,14 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 
-def run_ray(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int,
-            num_cpus_per_client: float = 1.0, verbose: bool = False) -> float:
+def run_ray(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    *,
+    num_supernodes: int,
+    num_cpus_per_client: float = 1.0,
+    verbose: bool = False,
+) -> float:
     """Run the apps under Flower's Ray Simulation Engine; return wall seconds."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -29,13 +35,20 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int
 
     backend_config = {
         "client_resources": {"num_cpus": num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                      "log_to_driver": verbose},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "include_dashboard": False,
+            "log_to_driver": verbose,
+        },
     }
     t0 = time.perf_counter()
-    run_simulation(server_app=server_app, client_app=client_app,
-                   num_supernodes=num_supernodes, backend_config=backend_config,  # type: ignore[arg-type]
-                   verbose_logging=verbose)
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=num_supernodes,
+        backend_config=backend_config,  # type: ignore[arg-type]
+        verbose_logging=verbose,
+    )
     return time.perf_counter() - t0
 
 

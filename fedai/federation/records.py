@@ -24,9 +24,33 @@ def reply_payload(message: Message) -> Payload:
     """Return the payload carried by a reply; raises ProtocolError if it has none."""
     content = message.content
     if keys.REC_ARRAYS not in content.array_records:
-        raise ProtocolError(f"reply must carry an ArrayRecord {keys.REC_ARRAYS!r}; got "
-                            f"{sorted(content.keys())}")
+        raise ProtocolError(
+            f"reply must carry an ArrayRecord {keys.REC_ARRAYS!r}; got {sorted(content.keys())}"
+        )
     return record_to_payload(content.array_records[keys.REC_ARRAYS])
 
 
-__all__ = ["payload_to_record", "record_to_payload", "reply_payload"]
+def as_int(value: object, *, what: str) -> int:
+    """A record value that must be an integer (a reply is untrusted input)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ProtocolError(f"{what} must be an integer; got {value!r}")
+    try:
+        out = int(value)
+    except ValueError as err:
+        raise ProtocolError(f"{what} must be an integer; got {value!r}") from err
+    if isinstance(value, float) and out != value:
+        raise ProtocolError(f"{what} must be an integer; got {value!r}")
+    return out
+
+
+def as_float(value: object, *, what: str) -> float:
+    """A record value that must be a finite number (a reply is untrusted input)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what} must be a number; got {value!r}")
+    out = float(value)
+    if out != out or out in (float("inf"), float("-inf")):
+        raise ProtocolError(f"{what} must be finite; got {value!r}")
+    return out
+
+
+__all__ = ["as_float", "as_int", "payload_to_record", "record_to_payload", "reply_payload"]

@@ -219,13 +219,20 @@ def calibrate_noise_multiplier(
         raise InvalidPrivacyParameterError(
             f"accountant must be one of rdp, prv; got {accountant!r}"
         )
-    return _calibrate_cached(target, delta, event.sample_rate, event.steps, accountant,
-                             epsilon_tolerance)
+    return _calibrate_cached(
+        target, delta, event.sample_rate, event.steps, accountant, epsilon_tolerance
+    )
 
 
 @functools.lru_cache(maxsize=256)
-def _calibrate_cached(target: float, delta: float, sample_rate: float, steps: int,
-                      accountant: str, epsilon_tolerance: float) -> float:
+def _calibrate_cached(
+    target: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    epsilon_tolerance: float,
+) -> float:
     """The bisection itself; memoised because a client re-plans every round (~2 s each)."""
     from opacus.accountants.utils import get_noise_multiplier
 

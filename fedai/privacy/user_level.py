@@ -229,8 +229,9 @@ def user_level_epsilon_of_rounds(
     """
     q = user_level_sample_rate(population=population, clients_per_round=clients_per_round)
     delta = check_delta(delta)
-    history = [DpSgdEvent(check_positive(s, name="noise_multiplier"), q, 1)
-               for s in noise_multipliers]
+    history = [
+        DpSgdEvent(check_positive(s, name="noise_multiplier"), q, 1) for s in noise_multipliers
+    ]
     if not history:
         return 0.0
     if accountant in ("rdp", "pld"):

@@ -37,7 +37,7 @@ def test_quickstart_reaches_093_and_writes_results(tmp_path, capsys):
     assert {"round", "accuracy", "loss", "seconds"} <= set(results["rounds"][0])
     assert results["config"]["data"]["dataset"] == "digits"
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
-    model, spec = load_model(tmp_path)
+    _model, spec = load_model(tmp_path)
     assert spec.name == "mlp"
     assert spec.input_shape == (1, 8, 8)
 
@@ -96,8 +96,12 @@ def test_a_node_with_a_bad_data_file_is_left_out_at_discovery(tmp_path):
     cfg = small(experiment={"num_clients": 3, "clients_per_round": 3})
     outcomes = []
     # Act
-    run_inprocess(build_server_app(cfg, sink=outcomes.append), client_app, num_supernodes=4,
-                  node_configs=nodes)
+    run_inprocess(
+        build_server_app(cfg, sink=outcomes.append),
+        client_app,
+        num_supernodes=4,
+        node_configs=nodes,
+    )
     # Assert
     assert sorted(c.client_id for c in outcomes[0].clients.values()) == ["0", "1", "2"]
     assert outcomes[0].summary.final["rounds_completed"] == 3

@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ray_backend_matches_inprocess():
-    cfg = ExperimentConfig.from_mapping({"experiment": {"rounds": 3, "num_clients": 4,
-                                                        "clients_per_round": 4}})
+    cfg = ExperimentConfig.from_mapping(
+        {"experiment": {"rounds": 3, "num_clients": 4, "clients_per_round": 4}}
+    )
     ray = simulate(cfg, backend="ray", verbose=False).summary
     local = simulate(cfg, backend="inprocess", verbose=False).summary
     assert len(ray.rounds) == 3
@@ -27,8 +28,12 @@ def test_ray_backend_matches_inprocess():
 
 
 def _superlink_pids(flwr_home: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{flwr_home}"],
-                         capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["pgrep", "-f", f"flower-superlink.*{flwr_home}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     return [int(p) for p in out.split()]
 
 
@@ -39,17 +44,30 @@ def test_flwr_run_completes_with_local_simulation_superlink(tmp_path):
     home = tmp_path / "flwr-home"
     out_dir = tmp_path / "out"
     bin_dir = str(Path(sys.executable).parent)  # flwr starts flower-superlink from PATH
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-           "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    cmd = [flwr, "run", ".", "--stream",
-           "--federation-config", "num-supernodes=4 client-resources-num-cpus=1",
-           "--run-config", f'experiment.rounds=2 experiment.num_clients=4 '
-           f'experiment.clients_per_round=4 output.dir="{out_dir}"']
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    cmd = [
+        flwr,
+        "run",
+        ".",
+        "--stream",
+        "--federation-config",
+        "num-supernodes=4 client-resources-num-cpus=1",
+        "--run-config",
+        f"experiment.rounds=2 experiment.num_clients=4 "
+        f'experiment.clients_per_round=4 output.dir="{out_dir}"',
+    ]
     try:
         # Act
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=400, check=False)
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False
+        )
     finally:
         # Cleanup: the auto-started SuperLink outlives `flwr run`; stop it by PID.
         for pid in _superlink_pids(home):

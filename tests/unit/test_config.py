@@ -57,15 +57,16 @@ def test_overrides_parse_toml_values():
     assert parse_override("train.lr=0.1") == ("train", "lr", 0.1)
     assert parse_override("data.dataset=csv:/tmp/x.csv") == ("data", "dataset", "csv:/tmp/x.csv")
     assert parse_override("privacy.secure_mode=true") == ("privacy", "secure_mode", True)
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_override("lr=0.1")
-    merged = apply_overrides({"train": {"lr": 0.5}}, ["train.lr=0.2", "model.name=\"cnn\""])
+    merged = apply_overrides({"train": {"lr": 0.5}}, ["train.lr=0.2", 'model.name="cnn"'])
     assert merged == {"train": {"lr": 0.2}, "model": {"name": "cnn"}}
 
 
 def test_flat_and_json_roundtrip():
-    cfg = ExperimentConfig.from_mapping({"train": {"lr": 0.2}, "privacy": {"mode": "local",
-                                         "noise_multiplier": 1.1}})
+    cfg = ExperimentConfig.from_mapping(
+        {"train": {"lr": 0.2}, "privacy": {"mode": "local", "noise_multiplier": 1.1}}
+    )
     assert ExperimentConfig.from_flat(cfg.to_flat()) == cfg
     assert ExperimentConfig.from_json(cfg.to_json()) == cfg
 

@@ -52,7 +52,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_bad_specs_and_weights():
-    with pytest.raises(ModelError, match="model.name must be one of"):
+    with pytest.raises(ModelError, match=r"model\.name must be one of"):
         build_model(ModelSpec(name="resnet", input_shape=(3,), num_classes=2))
     with pytest.raises(ModelError, match="image-shaped input"):
         build_model(ModelSpec(name="cnn", input_shape=(30,), num_classes=2))
@@ -64,5 +64,5 @@ def test_bad_specs_and_weights():
 
 
 def test_load_model_missing_files(tmp_path):
-    with pytest.raises(ModelError, match="must have model.pt and model.json"):
+    with pytest.raises(ModelError, match=r"must have model\.pt and model\.json"):
         load_model(tmp_path)

@@ -13,7 +13,8 @@ from fedai.errors import DataError, PartitionError
 def test_digits_and_breast_cancer_shapes():
     d = load_digits()
     assert d.x.shape == (1797, 1, 8, 8)
-    assert 0.0 <= d.x.min() and d.x.max() <= 1.0
+    assert d.x.min() >= 0.0
+    assert d.x.max() <= 1.0
     b = load_breast_cancer()
     assert b.x.shape == (569, 30)
     np.testing.assert_allclose(b.x.mean(axis=0), 0.0, atol=1e-5)
@@ -38,18 +39,26 @@ def test_load_federated_every_client_has_train_and_test():
 
 
 def test_synthetic_and_breast_cancer_through_config():
-    syn = ExperimentConfig.from_mapping({"data": {"dataset": "synthetic"},
-                                         "experiment": {"num_clients": 4, "clients_per_round": 4}})
+    syn = ExperimentConfig.from_mapping(
+        {"data": {"dataset": "synthetic"}, "experiment": {"num_clients": 4, "clients_per_round": 4}}
+    )
     assert [c.input_shape for c in load_federated(syn)] == [(60,)] * 4
-    bc = ExperimentConfig.from_mapping({"data": {"dataset": "breast_cancer", "partition": "iid"},
-                                        "experiment": {"num_clients": 3, "clients_per_round": 3}})
+    bc = ExperimentConfig.from_mapping(
+        {
+            "data": {"dataset": "breast_cancer", "partition": "iid"},
+            "experiment": {"num_clients": 3, "clients_per_round": 3},
+        }
+    )
     assert {c.num_classes for c in load_federated(bc)} == {2}
 
 
 def test_too_many_clients_is_a_clear_error():
-    cfg = ExperimentConfig.from_mapping({"data": {"dataset": "breast_cancer", "alpha": 0.01},
-                                         "experiment": {"num_clients": 200,
-                                                        "clients_per_round": 10}})
+    cfg = ExperimentConfig.from_mapping(
+        {
+            "data": {"dataset": "breast_cancer", "alpha": 0.01},
+            "experiment": {"num_clients": 200, "clients_per_round": 10},
+        }
+    )
     with pytest.raises(PartitionError, match="fewer than 2 samples"):
         load_federated(cfg)
     with pytest.raises(PartitionError, match=r"partition id must be in \[0, 10\); got 10"):
@@ -61,8 +70,12 @@ def test_csv_source_partitions_and_local_file(tmp_path):
     p = tmp_path / "d.csv"
     rows = ["f1,f2,label"] + [f"{a:.3f},{b:.3f},{int(a > 0)}" for a, b in rng.normal(size=(60, 2))]
     p.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = ExperimentConfig.from_mapping({"data": {"dataset": f"csv:{p}", "partition": "iid"},
-                                         "experiment": {"num_clients": 3, "clients_per_round": 3}})
+    cfg = ExperimentConfig.from_mapping(
+        {
+            "data": {"dataset": f"csv:{p}", "partition": "iid"},
+            "experiment": {"num_clients": 3, "clients_per_round": 3},
+        }
+    )
     clients = load_federated(cfg)
     assert sum(len(c.y_train) + len(c.y_test) for c in clients) == 60
     local = load_local_file(str(p), client_id="org-a", data=cfg.data, seed=0)
@@ -71,8 +84,10 @@ def test_csv_source_partitions_and_local_file(tmp_path):
 
 
 def test_hub_records_fixture_and_missing_extra():
-    records = [{"image": np.full((4, 4), 255, dtype=np.uint8), "label": 3},
-               {"image": np.zeros((4, 4), dtype=np.uint8), "label": 1}]
+    records = [
+        {"image": np.full((4, 4), 255, dtype=np.uint8), "label": 3},
+        {"image": np.zeros((4, 4), dtype=np.uint8), "label": 1},
+    ]
     x, y = records_to_arrays(records, image_key="image", label_key="label")
     assert x.shape == (2, 1, 4, 4)
     assert x.max() == 1.0
@@ -85,8 +100,10 @@ def test_hub_records_fixture_and_missing_extra():
         load_hub("imagenet")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flwr_datasets") is not None,
-                    reason="flwr-datasets is installed; the missing-extra path cannot run")
+@pytest.mark.skipif(
+    importlib.util.find_spec("flwr_datasets") is not None,
+    reason="flwr-datasets is installed; the missing-extra path cannot run",
+)
 def test_hub_without_extra_says_how_to_install():
     with pytest.raises(DataError, match=r"pip install 'fedai\[hub\]'"):
         load_hub("mnist")
