@@ -15,7 +15,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fedai.errors import ConfigError, DataError, FedAIError, KeyFileError, ModelError
+from fedai.errors import (
+    ConfigError,
+    DataError,
+    FedAIError,
+    InvalidPrivacyParameterError,
+    KeyFileError,
+    ModelError,
+)
 
 # Modules that add subcommands. Optional ones may be missing while work is in progress.
 _COMMAND_MODULES = (
@@ -24,7 +31,7 @@ _COMMAND_MODULES = (
     "fedai.crypto.cli",
     "fedai.inference.cli",
 )
-_USAGE_ERRORS = (ConfigError, DataError, ModelError, KeyFileError)
+_USAGE_ERRORS = (ConfigError, DataError, ModelError, KeyFileError, InvalidPrivacyParameterError)
 
 
 def build_parser() -> argparse.ArgumentParser:
