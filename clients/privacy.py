@@ -8,9 +8,10 @@ continues the history and never resets epsilon. The math is in :mod:`fedai.priva
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from fedai.privacy.dpsgd import private_round
 from fedai.privacy.ledger import PrivacyLedger
 from fedai.privacy.plan import client_noise_multiplier
 from fedai.privacy.user_level import clip_and_noise
-from fedai.training import make_loader
+from fedai.training import make_loader, optimizer_for
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +139,6 @@ def train_private(
         generator=torch.Generator().manual_seed(seed),
     )
 
-    def optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-        if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
     # Noise comes from fresh OS entropy (Opacus' default generator), never from the
     # experiment seed: a seed the coordinator knows would let it subtract the noise.
     result, entry = private_round(
@@ -150,7 +146,7 @@ def train_private(
         ledger=ledger,
         round=round_,
         loader=loader,
-        optimizer_factory=optimizer,
+        optimizer_factory=functools.partial(optimizer_for, train=t),
         epochs=t.local_epochs,
         noise_multiplier=sigma,
         max_grad_norm=cfg.privacy.max_grad_norm,

@@ -7,6 +7,7 @@ and the shared evaluation loop. Randomness (shuffling) comes from an injected
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,13 +42,18 @@ def make_loader(
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
-def make_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.Optimizer:
-    """Build the optimizer named in ``train``."""
+def optimizer_for(params: Iterable[nn.Parameter], train: TrainSection) -> torch.optim.Optimizer:
+    """Build the optimizer named in ``train`` over ``params``."""
     if train.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
     return torch.optim.SGD(
-        model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+        params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
     )
+
+
+def make_optimizer(model: nn.Module, train: TrainSection) -> torch.optim.Optimizer:
+    """Build the optimizer named in ``train`` for ``model``."""
+    return optimizer_for(model.parameters(), train)
 
 
 def train_epochs(
@@ -103,4 +109,12 @@ def evaluate(
     return EvalResult(loss / max(n, 1), correct / max(n, 1), n)
 
 
-__all__ = ["EvalResult", "evaluate", "make_loader", "make_optimizer", "train_epochs", "train_local"]
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "make_loader",
+    "make_optimizer",
+    "optimizer_for",
+    "train_epochs",
+    "train_local",
+]

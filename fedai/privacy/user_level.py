@@ -200,7 +200,11 @@ def user_level_epsilon(
     sigma = check_positive(noise_multiplier, name="noise_multiplier")
     t = _check_count(rounds, name="rounds")
     delta = check_delta(delta)
-    history = [DpSgdEvent(sigma, q, t)]
+    return _epsilon_of([DpSgdEvent(sigma, q, t)], delta=delta, accountant=accountant)
+
+
+def _epsilon_of(history: list[DpSgdEvent], *, delta: float, accountant: str) -> float:
+    """Epsilon of ``history`` with the named user-level accountant."""
     if accountant in ("rdp", "pld"):
         return dp_accounting_epsilon(history, delta=delta, accountant=accountant)
     if accountant == "prv":
@@ -234,13 +238,7 @@ def user_level_epsilon_of_rounds(
     ]
     if not history:
         return 0.0
-    if accountant in ("rdp", "pld"):
-        return dp_accounting_epsilon(history, delta=delta, accountant=accountant)
-    if accountant == "prv":
-        return epsilon_from_history(history, delta=delta, accountant="prv")
-    raise InvalidPrivacyParameterError(
-        f"accountant must be one of {', '.join(USER_LEVEL_ACCOUNTANTS)}; got {accountant!r}"
-    )
+    return _epsilon_of(history, delta=delta, accountant=accountant)
 
 
 def calibrate_user_noise_multiplier(
