@@ -440,7 +440,9 @@ def test_no_plaintext_update_or_model_appears_in_any_message(recording: Recordin
 
     # Assert: the patterns find a plaintext payload, and nothing in the tapped messages
     assert len(recording.encoded) == NUM_CLIENTS * ROUNDS
-    assert len(recording.decoded) >= NUM_CLIENTS * (2 * ROUNDS - 1)
+    # every client decodes each round's aggregate once (evaluate; the next round's train
+    # reuses that decode), so every aggregate any client used is among the needles
+    assert len(recording.decoded) >= NUM_CLIENTS * ROUNDS
     assert find_any(plaintext_reply, needles)
     assert find_any(b"".join(np.asarray(w, "<f4").tobytes() for w in weights), needles)
     assert leaked == []
@@ -659,5 +661,8 @@ def test_every_client_rejects_an_out_of_bounds_aggregate(
     assert len(replies) == NUM_CLIENTS
     for t in replies:
         assert t.configs[keys.REC_FEDAI][keys.KEY_STATUS] == keys.STATUS_REJECTED
-        assert "update_bound" in t.configs[keys.REC_FEDAI][keys.KEY_REASON]
+        # the reason names the failure but never quotes decrypted values
+        assert t.configs[keys.REC_FEDAI][keys.KEY_REASON] == (
+            "aggregate rejected: CorruptPayloadError"
+        )
         assert t.metrics == {}
