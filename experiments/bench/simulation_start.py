@@ -1,8 +1,10 @@
 """Side-by-side start-up benchmark: in-process runner vs Flower's Ray Simulation Engine.
 
 Each backend runs the same config in its own fresh Python process (so neither inherits
-the other's imports or warm caches). Reported per backend: import seconds, seconds from
-calling the runner to the first completed round, total runner seconds, and final accuracy.
+the other's imports or warm caches). Reported per backend: seconds to import torch, Flower
+and the apps (the same for both), seconds from calling the runner to the first completed
+round (start-up plus one round: Ray's start, actor spawn and the actors' own imports count
+here), total runner seconds, and final accuracy.
 
     python experiments/bench/simulation_start.py --out bench-sim.json
     python experiments/bench/simulation_start.py --set experiment.rounds=5
@@ -21,6 +23,10 @@ import time
 def child(backend: str, overrides: list[str]) -> dict[str, object]:
     """Run one backend in this process and return its timings."""
     t0 = time.perf_counter()
+    # Import what both backends need in the driver (torch, Flower, the apps) before the
+    # clock starts: that cost is the same for both and is reported separately.
+    import clients.app  # noqa: F401
+    import server.app  # noqa: F401
     from fedai.commands.simulate import load_config, simulate
 
     t_import = time.perf_counter() - t0

@@ -20,6 +20,17 @@ def test_digits_and_breast_cancer_shapes():
     np.testing.assert_allclose(b.x.mean(axis=0), 0.0, atol=1e-5)
 
 
+def test_fast_embedded_loaders_equal_sklearn():
+    from sklearn.datasets import load_breast_cancer as sk_bc
+    from sklearn.datasets import load_digits as sk_digits
+
+    from fedai.data.sources import _breast_cancer_arrays, _digits_arrays
+
+    for ours, theirs in ((_digits_arrays(), sk_digits()), (_breast_cancer_arrays(), sk_bc())):
+        np.testing.assert_array_equal(ours[0], theirs.data)
+        np.testing.assert_array_equal(ours[1], theirs.target)
+
+
 def test_synthetic_is_deterministic_and_non_iid():
     xs, ys = synthetic(num_clients=6, alpha=1.0, beta=1.0, seed=4)
     xs2, ys2 = synthetic(num_clients=6, alpha=1.0, beta=1.0, seed=4)
