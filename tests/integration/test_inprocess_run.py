@@ -105,3 +105,50 @@ def test_a_node_with_a_bad_data_file_is_left_out_at_discovery(tmp_path):
     # Assert
     assert sorted(c.client_id for c in outcomes[0].clients.values()) == ["0", "1", "2"]
     assert outcomes[0].summary.final["rounds_completed"] == 3
+
+
+def _wrapped(train_fails_for=None, evaluate_fails=False):
+    app = ClientApp()
+
+    @app.query()
+    def _q(msg: Message, ctx: Context) -> Message:
+        return client_app(msg, ctx)
+
+    @app.train()
+    def _t(msg: Message, ctx: Context) -> Message:
+        if ctx.node_config["partition-id"] == train_fails_for:
+            raise RuntimeError("training crashed")
+        return client_app(msg, ctx)
+
+    @app.evaluate()
+    def _e(msg: Message, ctx: Context) -> Message:
+        if evaluate_fails:
+            raise RuntimeError("evaluation crashed")
+        return client_app(msg, ctx)
+
+    return app
+
+
+def test_min_contributors_fails_a_round_with_too_few_contributions():
+    cfg = small(secure_aggregation={"min_contributors": 4})
+    outcomes = []
+    run_inprocess(
+        build_server_app(cfg, sink=outcomes.append), _wrapped(train_fails_for=1), num_supernodes=4
+    )
+    rounds = outcomes[0].summary.rounds
+    assert all(r.status == "failed" for r in rounds)
+    assert "at least 4 needed" in rounds[0].reason
+    assert outcomes[0].payload is None
+
+
+def test_an_aggregate_no_client_evaluated_is_not_accepted():
+    outcomes = []
+    run_inprocess(
+        build_server_app(small(), sink=outcomes.append),
+        _wrapped(evaluate_fails=True),
+        num_supernodes=4,
+    )
+    rounds = outcomes[0].summary.rounds
+    assert all(r.status == "failed" for r in rounds)
+    assert "no client evaluated" in rounds[0].reason
+    assert outcomes[0].payload is None
