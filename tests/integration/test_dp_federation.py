@@ -303,11 +303,20 @@ def test_a_corrupt_ledger_file_fails_only_its_client(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("privacy.target_epsilon=0", "privacy.target_epsilon must be in (0, inf)"),
-        ("privacy.target_epsilon=-1.5", "privacy.target_epsilon must be in (0, inf)"),
-        ("privacy.delta=0", "privacy.delta must be in (0, 1)"),
-        ("privacy.delta=1.0", "privacy.delta must be in (0, 1)"),
-        ("privacy.max_grad_norm=-1.0", "privacy.max_grad_norm must be in (0, inf)"),
+        ("privacy.target_epsilon=0", "privacy.target_epsilon must be in (0, inf"),
+        ("privacy.target_epsilon=-1.5", "privacy.target_epsilon must be in (0, inf"),
+        ("privacy.delta=0", "privacy.delta must be in (0, 1); got 0"),
+        ("privacy.delta=1.0", "privacy.delta must be in (0, 1); got 1.0"),
+        ("privacy.max_grad_norm=-1.0", "privacy.max_grad_norm must be in (0, inf"),
+        pytest.param(
+            "privacy.max_grad_norm=inf",
+            "privacy.max_grad_norm must be",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: config accepts an infinite clipping norm (no clipping); "
+                "every client then fails at training time instead",
+            ),
+        ),
     ],
 )
 def test_a_bad_privacy_config_exits_2_before_training(
@@ -315,11 +324,10 @@ def test_a_bad_privacy_config_exits_2_before_training(
 ) -> None:
     # Arrange
     out = tmp_path / "out"
+    argv = ["--config", str(DP_DIGITS), "--set", override, "--set", "experiment.rounds=1"]
 
     # Act
-    status = cli_main(
-        ["simulate", "--config", str(DP_DIGITS), "--set", override, "--out", str(out)]
-    )
+    status = cli_main(["simulate", *argv, "--out", str(out)])
 
     # Assert
     assert status == 2
@@ -336,7 +344,7 @@ def test_a_ledger_already_past_its_budget_refuses_round_one(tmp_path: Path) -> N
     spent = PrivacyLedger(client_id="0", delta=DELTA)
     spent.record(round=1, event=(0.6, 1.0, 10))
     spent.save(path)
-    cfg = small(experiment={"rounds": 2}, privacy={"budget_epsilon": 6.5})
+    cfg = small(experiment={"rounds": 2}, privacy={"noise_multiplier": 1.5, "budget_epsilon": 6.5})
 
     # Act
     outcome = run_with_state(cfg, state)
