@@ -49,12 +49,12 @@ def _problems_range(
     bad = (
         (lo is not None and (value <= lo if lo_open else value < lo))
         or (hi is not None and (value >= hi if hi_open else value > hi))
-        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, float) and not math.isfinite(value))
     )
     if not bad:
         return []
     left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
+    right = ")" if hi_open or hi is None else "]"
     lo_s = "-inf" if lo is None else f"{lo:g}"
     hi_s = "inf" if hi is None else f"{hi:g}"
     return [f"{name} must be in {left}{lo_s}, {hi_s}{right}; got {value!r}"]

@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -287,16 +286,15 @@ class PrivacyLedger:
 
         Raises:
             InvalidPrivacyParameterError: a bad event or round number.
-            LedgerError: ``round`` is before the last recorded round.
+
+        Round numbers restart at 1 in every federated run, so a node that takes part in
+        several runs records ..., 5, 1, 2, ...: entries are ordered by time, and ``round``
+        is informational. (Rejecting that here would throw away a round whose noise was
+        already released, and lock an agent out of every later run.)
         """
         ev = check_event(event, where="round event")
         if isinstance(round, bool) or not isinstance(round, int) or round < 1:
             raise InvalidPrivacyParameterError(f"round must be an integer >= 1; got {round!r}")
-        if self._entries and round < self._entries[-1].round:
-            raise LedgerError(
-                f"client {self._client_id!r}: round {round} is before the last "
-                f"recorded round {self._entries[-1].round}"
-            )
         eps = epsilon_from_history(
             [*self.history, ev], delta=self._delta, accountant=self._accountant
         )
@@ -360,11 +358,6 @@ class PrivacyLedger:
             LedgerEntry.from_dict(e) if isinstance(e, Mapping) else _bad_entry(e)
             for e in raw_entries
         ]
-        for prev, cur in itertools.pairwise(entries):
-            if cur.round < prev.round:
-                raise LedgerError(
-                    f"ledger rounds must not decrease; got {prev.round} then {cur.round}"
-                )
         exhausted = data.get("exhausted", False)
         if not isinstance(exhausted, bool):
             raise LedgerError(f"ledger exhausted must be true or false; got {exhausted!r}")

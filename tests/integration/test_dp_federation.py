@@ -262,11 +262,6 @@ def test_restarted_agents_continue_every_clients_on_disk_epsilon(tmp_path: Path)
     assert [e.round for e in ledger.entries] == [1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PrivacyLedger.record rejects round 1 of a new run after round 2 of the "
-    "previous one (LedgerError after training); rounds are per run",
-)
 def test_a_new_run_on_the_same_nodes_continues_their_epsilon(tmp_path: Path) -> None:
     # Act: a whole new federation (its rounds start at 1) on the nodes' state dirs
     last_before, first_after = restart_and_continue(tmp_path, round_offset=0)
@@ -308,15 +303,7 @@ def test_a_corrupt_ledger_file_fails_only_its_client(tmp_path: Path) -> None:
         ("privacy.delta=0", "privacy.delta must be in (0, 1); got 0"),
         ("privacy.delta=1.0", "privacy.delta must be in (0, 1); got 1.0"),
         ("privacy.max_grad_norm=-1.0", "privacy.max_grad_norm must be in (0, inf"),
-        pytest.param(
-            "privacy.max_grad_norm=inf",
-            "privacy.max_grad_norm must be",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: config accepts an infinite clipping norm (no clipping); "
-                "every client then fails at training time instead",
-            ),
-        ),
+        ("privacy.max_grad_norm=inf", "privacy.max_grad_norm must be in (0, inf); got inf"),
     ],
 )
 def test_a_bad_privacy_config_exits_2_before_training(

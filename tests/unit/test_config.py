@@ -35,7 +35,7 @@ def test_wrong_type_names_key_expectation_and_value():
 
 
 def test_out_of_range_values_are_rejected():
-    with pytest.raises(ConfigError, match=r"data\.alpha must be in \(0, inf\]; got -1\.0"):
+    with pytest.raises(ConfigError, match=r"data\.alpha must be in \(0, inf\); got -1\.0"):
         ExperimentConfig.from_mapping({"data": {"alpha": -1.0}})
     with pytest.raises(ConfigError, match=r"experiment\.clients_per_round must be in \[1, 5\]"):
         ExperimentConfig.from_mapping({"experiment": {"num_clients": 5, "clients_per_round": 6}})
@@ -85,4 +85,4 @@ def test_cli_exits_2_with_one_clear_message(capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert "train.lr must be in (0, 100]; got -3.0" in err
-    assert "data.alpha must be in (0, inf]; got 0.0" in err
+    assert "data.alpha must be in (0, inf); got 0.0" in err

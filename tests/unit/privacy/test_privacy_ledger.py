@@ -143,35 +143,6 @@ def test_failed_save_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 "entries": [],
             }
         ),
-        json.dumps(
-            {
-                "format": "fedai.privacy-ledger",
-                "version": 1,
-                "client_id": "client-3",
-                "delta": 1e-5,
-                "accountant": "rdp",
-                "entries": [
-                    {
-                        "round": 2,
-                        "noise_multiplier": 1.0,
-                        "sample_rate": 0.1,
-                        "steps": 4,
-                        "epsilon": 1.0,
-                        "delta": 1e-5,
-                        "accountant": "rdp",
-                    },
-                    {
-                        "round": 1,
-                        "noise_multiplier": 1.0,
-                        "sample_rate": 0.1,
-                        "steps": 4,
-                        "epsilon": 1.0,
-                        "delta": 1e-5,
-                        "accountant": "rdp",
-                    },
-                ],
-            }
-        ),
     ],
 )
 def test_corrupt_file_raises_naming_it(tmp_path: Path, content: str) -> None:
@@ -222,11 +193,15 @@ def test_budget_refusal_is_a_dry_run_then_sticky(tmp_path: Path) -> None:
     assert len(raised) == 1
 
 
-def test_record_rejects_going_back_in_rounds() -> None:
+def test_record_accepts_a_new_run_restarting_at_round_1() -> None:
+    # Round numbers restart per run; the history keeps growing, never resets.
     ledger = _ledger()
     ledger.record(round=3, event=ROUNDS[0])
-    with pytest.raises(LedgerError, match="before the last"):
-        ledger.record(round=2, event=ROUNDS[0])
+    first = ledger.epsilon()
+    ledger.record(round=1, event=ROUNDS[0])
+    assert [e.round for e in ledger.entries] == [3, 1]
+    assert ledger.epsilon() > first
+    assert PrivacyLedger.from_json(ledger.to_json()).epsilon() == ledger.epsilon()
     with pytest.raises(InvalidPrivacyParameterError, match="round"):
         ledger.record(round=0, event=ROUNDS[0])
 
