@@ -12,6 +12,7 @@ encoded weighted contribution ``n * w``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -232,6 +233,8 @@ def train(msg: Message, context: Context) -> Message:
     except (CorruptPayloadError, KeyMismatchError) as err:
         return reject(msg, cid, err)
     n = len(data.y_train)
+    if cfg.train.lr_decay != 1.0:
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, lr=cfg.train.lr_at(round_)))
     fedai_rec: dict[str, str] = {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
     if cfg.privacy.mode == "none":
         loss, _steps = train_local(

@@ -145,7 +145,10 @@ class ModelSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainSection:
-    """``[train]``: the local optimisation each client runs per round."""
+    """``[train]``: the local optimisation each client runs per round.
+
+    ``lr_decay`` multiplies the learning rate once per round (1.0: constant).
+    """
 
     local_epochs: int = 3
     batch_size: int = 16
@@ -153,10 +156,16 @@ class TrainSection:
     momentum: float = 0.9
     weight_decay: float = 0.0
     optimizer: OptimizerName = "sgd"
+    lr_decay: float = 1.0
+
+    def lr_at(self, round_: int) -> float:
+        """Learning rate of round ``round_`` (1-based): ``lr * lr_decay ** (round_ - 1)``."""
+        return self.lr * self.lr_decay ** max(round_ - 1, 0)
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
         out = _problems_range("train.local_epochs", self.local_epochs, 1, 10_000)
+        out += _problems_range("train.lr_decay", self.lr_decay, 0, 1, lo_open=True)
         out += _problems_range("train.batch_size", self.batch_size, 1, 1_000_000)
         out += _problems_range("train.lr", self.lr, 0, 100, lo_open=True)
         out += _problems_range("train.momentum", self.momentum, 0, 1, hi_open=True)

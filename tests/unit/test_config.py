@@ -86,3 +86,11 @@ def test_cli_exits_2_with_one_clear_message(capsys):
     assert status == 2
     assert "train.lr must be in (0, 100]; got -3.0" in err
     assert "data.alpha must be in (0, inf); got 0.0" in err
+
+
+def test_learning_rate_decays_per_round():
+    train = ExperimentConfig.from_mapping({"train": {"lr": 2.0, "lr_decay": 0.5}}).train
+    assert [train.lr_at(r) for r in (1, 2, 3)] == [2.0, 1.0, 0.5]
+    assert ExperimentConfig().train.lr_at(7) == ExperimentConfig().train.lr
+    with pytest.raises(ConfigError, match=r"train\.lr_decay must be in \(0, 1\]; got 0\.0"):
+        ExperimentConfig.from_mapping({"train": {"lr_decay": 0.0}})
