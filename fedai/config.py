@@ -367,6 +367,13 @@ class ExperimentConfig:
         return cls.from_mapping(apply_overrides(data, overrides or []))
 
     @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+        """A TOML file (or, without one, the built-in quickstart defaults) plus overrides."""
+        if path:
+            return cls.from_toml(path, overrides)
+        return cls.from_mapping(apply_overrides({}, overrides or []))
+
+    @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> ExperimentConfig:
         """Build from Flower's flat ``run_config`` (``{"train.lr": 0.1, ...}``).
 

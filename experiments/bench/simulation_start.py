@@ -27,10 +27,11 @@ def child(backend: str, overrides: list[str]) -> dict[str, object]:
     # clock starts: that cost is the same for both and is reported separately.
     import clients.app  # noqa: F401
     import server.app  # noqa: F401
-    from fedai.commands.simulate import load_config, simulate
+    from fedai.commands.simulate import simulate
+    from fedai.config import ExperimentConfig
 
     t_import = time.perf_counter() - t0
-    cfg = load_config(None, overrides)
+    cfg = ExperimentConfig.load(None, overrides)
     marks: list[float] = []
     start = time.perf_counter()
 

@@ -7,19 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedai.commands import add_config_arguments
 from fedai.config import ExperimentConfig
 from fedai.errors import FedAIError
 
 BACKENDS = ("inprocess", "ray")
-
-
-def load_config(path: str | None, overrides: list[str]) -> ExperimentConfig:
-    """Config from ``path`` (or the built-in quickstart defaults) plus ``--set`` overrides."""
-    if path:
-        return ExperimentConfig.from_toml(path, overrides)
-    from fedai.config import apply_overrides
-
-    return ExperimentConfig.from_mapping(apply_overrides({}, overrides))
 
 
 def register(sub: Any) -> None:
@@ -36,15 +28,7 @@ def register(sub: Any) -> None:
         "  fedai simulate --backend ray --out runs/ray-check",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="experiment TOML (see experiments/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="SECTION.KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one setting, e.g. --set train.lr=0.1 (repeatable; values are read as TOML)",
-    )
+    add_config_arguments(p, config_help="experiment TOML (see experiments/)")
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -66,7 +50,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``fedai simulate``."""
-    cfg = load_config(args.config, args.overrides)
+    cfg = ExperimentConfig.load(args.config, args.overrides)
     if args.key_dir:
         from dataclasses import replace
 
@@ -142,7 +126,7 @@ def main() -> None:  # pragma: no cover - convenience for python -m
     sys.exit(cli_main(["simulate", *sys.argv[1:]]))
 
 
-__all__ = ["load_config", "register", "run", "save_simulation", "simulate"]
+__all__ = ["register", "run", "save_simulation", "simulate"]
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,16 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedai.config import ExperimentConfig, apply_overrides
+from fedai.commands import add_config_arguments
+from fedai.config import ExperimentConfig
 from fedai.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-def _load_config(path: str | None, overrides: list[str]) -> ExperimentConfig:
-    if path:
-        return ExperimentConfig.from_toml(path, overrides)
-    return ExperimentConfig.from_mapping(apply_overrides({}, overrides))
 
 
 def _parse_sizes(text: str) -> list[int]:
@@ -75,18 +70,8 @@ def register(sub: Any) -> None:
         "  fedai privacy plan --config experiments/dp_digits.toml --client-sizes 55,300,120",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan.add_argument(
-        "--config",
-        metavar="FILE",
-        help="experiment TOML with a [privacy] section (sample-level plan per client)",
-    )
-    plan.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="SECTION.KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one config setting",
+    add_config_arguments(
+        plan, config_help="experiment TOML with a [privacy] section (sample-level plan per client)"
     )
     plan.add_argument(
         "--client-sizes",
@@ -123,21 +108,13 @@ def register(sub: Any) -> None:
         "pooled data with its [train] and [privacy] settings for audit.epochs epochs, then "
         "attack it: loss threshold (Yeom et al. 2018) and offline LiRA with "
         "audit.shadow_models shadow models (Carlini et al. 2022). Reports AUC and TPR at "
-        "1%% FPR on members vs non-members. --compare also trains without privacy so the "
+        "1% FPR on members vs non-members. --compare also trains without privacy so the "
         "report shows what DP buys.",
         epilog="example:\n  fedai audit --config experiments/dp_digits.toml --compare "
         "--set audit.epochs=100",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    audit.add_argument("--config", metavar="FILE", help="experiment TOML")
-    audit.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="SECTION.KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one config setting",
-    )
+    add_config_arguments(audit, config_help="experiment TOML")
     audit.add_argument(
         "--compare", action="store_true", help="also audit the same training without privacy"
     )
@@ -160,7 +137,7 @@ def build_plan(args: argparse.Namespace) -> dict[str, Any]:
             "--population and --per-round (user level)"
         )
     out: dict[str, Any] = {"sample_level": None, "user_level": None}
-    cfg = _load_config(args.config, args.overrides)
+    cfg = ExperimentConfig.load(args.config, args.overrides)
     if sample_flags:
         sizes = _parse_sizes(args.client_sizes) if args.client_sizes else None
         out = plan_config(cfg, client_sizes=sizes)
@@ -344,7 +321,7 @@ def run_audit_config(cfg: ExperimentConfig, *, compare: bool) -> dict[str, Any]:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Execute ``fedai audit``."""
-    cfg = _load_config(args.config, args.overrides)
+    cfg = ExperimentConfig.load(args.config, args.overrides)
     report = run_audit_config(cfg, compare=args.compare)
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.out:
