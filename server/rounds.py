@@ -141,24 +141,7 @@ class FederatedRun:
                 f"experiment.num_clients is {want} but only {len(node_ids)} "
                 f"node(s) connected within {self.discovery_timeout:g} s"
             )
-        replies = self._send(node_ids, keys.MSG_QUERY, 0, ArrayRecord(), {})
-        clients: dict[int, ClientInfo] = {}
-        for nid in node_ids:
-            reply = replies.get(nid)
-            if reply is None or reply.has_error():
-                reason = reply.error.reason if reply is not None else "no reply"
-                logger.warning("node %s failed discovery: %s", nid, reason)
-                continue
-            rec = self._fedai(reply)
-            shape = tuple(int(s) for s in str(rec[keys.KEY_INPUT_SHAPE]).split("x"))
-            clients[nid] = ClientInfo(
-                nid,
-                str(rec[keys.KEY_CLIENT_ID]),
-                as_int(rec[keys.KEY_NUM_TRAIN], what="num-train"),
-                as_int(rec[keys.KEY_NUM_TEST], what="num-test"),
-                shape,
-                as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes"),
-            )
+        clients = self._hello(node_ids)
         if not clients:
             raise ProtocolError("no client answered discovery; every node failed (see log)")
         shapes = {c.input_shape for c in clients.values()}
@@ -168,6 +151,64 @@ class FederatedRun:
         if len(set(ids)) != len(ids):
             raise ProtocolError(f"client ids must be unique; got {sorted(ids)}")
         return clients
+
+    def _hello(self, node_ids: list[int]) -> dict[int, ClientInfo]:
+        """Ask ``node_ids`` who they are; nodes that fail or answer garbage are left out."""
+        replies = self._send(node_ids, keys.MSG_QUERY, 0, ArrayRecord(), {})
+        clients: dict[int, ClientInfo] = {}
+        for nid in node_ids:
+            reply = replies.get(nid)
+            if reply is None or reply.has_error():
+                reason = reply.error.reason if reply is not None else "no reply"
+                logger.warning("node %s failed discovery: %s", nid, reason)
+                continue
+            rec = self._fedai(reply)
+            try:
+                shape = tuple(
+                    as_int(s, what="input shape") for s in str(rec[keys.KEY_INPUT_SHAPE]).split("x")
+                )
+                clients[nid] = ClientInfo(
+                    nid,
+                    str(rec[keys.KEY_CLIENT_ID]),
+                    as_int(rec[keys.KEY_NUM_TRAIN], what="num-train"),
+                    as_int(rec[keys.KEY_NUM_TEST], what="num-test"),
+                    shape,
+                    as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes"),
+                )
+            except (ProtocolError, KeyError) as err:
+                logger.warning("node %s answered discovery with a bad reply: %s", nid, err)
+        return clients
+
+    def refresh(self, clients: dict[int, ClientInfo]) -> None:
+        """Re-identify nodes that (re)connected since discovery, in place.
+
+        A restarted agent comes back under a new Flower node id; its stable client id maps
+        it to its old entry (keeping, e.g., its exhausted mark). A node whose client id is
+        new joins the federation if its data has the same shape.
+        """
+        current = set(self.grid.get_node_ids())
+        new = sorted(current - set(clients))
+        if not new:
+            return
+        by_client = {c.client_id: nid for nid, c in clients.items()}
+        shape = next(iter(clients.values())).input_shape
+        for nid, info in self._hello(new).items():
+            old = by_client.get(info.client_id)
+            if old is not None:
+                info.exhausted = clients.pop(old).exhausted
+                logger.info("client %s reconnected as node %s (was %s)", info.client_id, nid, old)
+            elif info.input_shape != shape:
+                logger.warning(
+                    "node %s (client %s) has input shape %s, not %s; ignored",
+                    nid,
+                    info.client_id,
+                    info.input_shape,
+                    shape,
+                )
+                continue
+            else:
+                logger.info("client %s joined as node %s", info.client_id, nid)
+            clients[nid] = info
 
     # ------------------------------------------------------------------ sampling
     def sample(self, clients: dict[int, ClientInfo], round_: int) -> list[int]:
@@ -196,6 +237,7 @@ class FederatedRun:
         total_weight = 0.0
         for round_ in range(1, self.cfg.experiment.rounds + 1):
             t0 = time.perf_counter()
+            self.refresh(clients)
             sampled = self.sample(clients, round_)
             if not sampled:
                 summary.stop_reason = (

@@ -116,6 +116,22 @@ class InProcessGrid(Grid):
         """Deliver every message and return the replies (in-process: no waiting)."""
         return self.pull_messages(self.push_messages(messages))
 
+    def restart_node(self, node_id: int) -> int:
+        """Simulate an agent restart: same node config, fresh Context, a new node id.
+
+        Whatever the node kept only in ``Context.state`` is gone, as after a real process
+        restart; what it kept on disk (``state-dir``) is not.
+        """
+        node_config = self._contexts.pop(node_id).node_config
+        new_id = max([node_id, *self._contexts]) + 1
+        self._contexts[new_id] = fi.make_context(
+            run_id=self._run.run_id,
+            node_id=new_id,
+            node_config=node_config,
+            run_config=self._run.override_config,
+        )
+        return new_id
+
     # -- delivery --------------------------------------------------------------------
     def _deliver(self, msg: Message) -> Message:
         """Run the ClientApp on a copy of ``msg`` in the destination node's context."""

@@ -9,8 +9,9 @@ from clients.app import app as client_app
 from fedai.cli import main as cli_main
 from fedai.commands.simulate import simulate
 from fedai.config import ExperimentConfig
+from fedai.federation import flower_internals as fi
 from fedai.federation import keys
-from fedai.federation.inprocess import run_inprocess
+from fedai.federation.inprocess import InProcessGrid, run_inprocess
 from fedai.models import load_model
 from server.app import build_server_app
 
@@ -152,3 +153,48 @@ def test_an_aggregate_no_client_evaluated_is_not_accepted():
     assert all(r.status == "failed" for r in rounds)
     assert "no client evaluated" in rounds[0].reason
     assert outcomes[0].payload is None
+
+
+def test_a_restarted_agent_rejoins_and_continues_its_epsilon(tmp_path):
+    # Arrange: 3 DP clients with on-disk state; client 0's agent restarts after round 2
+    cfg = ExperimentConfig.from_mapping(
+        {
+            "experiment": {"rounds": 4, "num_clients": 3, "clients_per_round": 3},
+            "data": {"dataset": "breast_cancer", "partition": "iid"},
+            "model": {"name": "logreg"},
+            "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.1},
+            "privacy": {"mode": "local", "noise_multiplier": 1.5, "delta": 1e-5},
+        }
+    )
+    nodes = [
+        {"partition-id": i, "num-partitions": 3, "state-dir": str(tmp_path / f"n{i}")}
+        for i in range(3)
+    ]
+    fi.set_task_identity(run_id=1, node_id=fi.SUPERLINK_NODE_ID)
+    holder = {}
+
+    def tap(direction, msg):
+        if (direction, msg.metadata.message_type, msg.metadata.group_id) == (
+            "receive",
+            keys.MSG_EVALUATE,
+            "2",
+        ) and "restarted" not in holder:
+            holder["restarted"] = holder["grid"].restart_node(1000)
+
+    grid = InProcessGrid(client_app, nodes, run_id=1, run_config={}, tap=tap)
+    holder["grid"] = grid
+    outcomes = []
+    # Act
+    build_server_app(cfg, sink=outcomes.append)(
+        grid, fi.make_context(run_id=1, node_id=fi.SUPERLINK_NODE_ID, node_config={}, run_config={})
+    )
+    # Assert: client 0 trained every round, under a new node id after the restart, and
+    # its epsilon kept growing from its on-disk ledger (never reset)
+    rounds = outcomes[0].summary.rounds
+    assert all(sorted(r.trained) == ["0", "1", "2"] for r in rounds)
+    eps = [r.privacy["clients"]["0"]["epsilon"] for r in rounds]
+    assert eps == sorted(eps)
+    assert len(set(eps)) == 4
+    assert rounds[-1].privacy["clients"]["0"]["rounds_trained"] == 4
+    assert holder["restarted"] in outcomes[0].clients
+    assert 1000 not in outcomes[0].clients
