@@ -9,6 +9,7 @@ run_config.
 from __future__ import annotations
 
 import logging
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ from server.rounds import FederatedRun, RoundCallback, RunOutcome
 logger = logging.getLogger(__name__)
 
 OUTPUT_DIR_KEY = "output.dir"  # run_config key (not part of the experiment config)
+APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App (project root / FAB)
+
+
+def _app_defaults() -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml (empty if unreadable)."""
+    try:
+        data = tomllib.loads((APP_DIR / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+_APP_DEFAULTS = _app_defaults()
 
 
 def format_progress(record: RoundRecord, total: int) -> str:
@@ -103,6 +117,18 @@ def config_from_run_config(run_config: dict[str, Any]) -> tuple[ExperimentConfig
     """Split Flower's run_config into the experiment config and the output directory."""
     flat = dict(run_config)
     out = flat.pop(OUTPUT_DIR_KEY, "")
+    config_file = str(flat.get("config-file", ""))
+    if config_file and not Path(config_file).is_absolute() and not Path(config_file).exists():
+        # Under `flwr run` the ServerApp's working directory is not the app directory.
+        flat["config-file"] = str(APP_DIR / config_file)
+    if config_file:
+        # The file's values are the base; keep only the run_config keys that differ from
+        # pyproject's defaults so they do not silently override the file.
+        flat = {
+            k: v
+            for k, v in flat.items()
+            if k == "config-file" or k not in _APP_DEFAULTS or _APP_DEFAULTS[k] != v
+        }
     cfg = ExperimentConfig.from_flat(flat)
     return cfg, Path(str(out)) if out else default_run_dir(cfg.experiment.name)
 
