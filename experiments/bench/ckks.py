@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python experiments/bench/ckks.py --out experiments/bench/ckks.json
 
 For each model size (the digits MLP at hidden=128, ~26k parameters, and hidden=280,
-~100k) and each CKKS profile (default N=8192 [60,40,40,60]; aggregation-only [60,40]) it
+~100k) and each CKKS profile (default N=8192 [60,50,60]; [60,40,40,60]; aggregation-only [60,40]) it
 times, with ``K`` clients and TenSEAL at 1 thread:
 
 * client ``encode`` (flatten, scale by n_i, encrypt, serialize, tag) per parameter;
@@ -58,7 +58,11 @@ TARGETS = {
     "wire_bytes_per_param": 85.0,
 }
 # name -> (coeff_mod_bit_sizes, log2 scale). [60,40] at 2^30: N * bound <= 2^28.
-PROFILES = {"default": ((60, 40, 40, 60), 40), "aggregation-only": ((60, 40), 30)}
+PROFILES = {
+    "default": ((60, 50, 60), 40),
+    "four-prime": ((60, 40, 40, 60), 40),
+    "aggregation-only": ((60, 40), 30),
+}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -263,7 +267,7 @@ def _ratio_rows(key_root: Path, rounds: int, repeats: int) -> list[dict[str, Any
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("experiments/bench/ckks.json"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/bench/results/ckks.json"))
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 280])
     parser.add_argument("--seed", type=int, default=0)

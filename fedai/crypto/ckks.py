@@ -13,18 +13,20 @@ ASIACRYPT 2017) through TenSEAL (Benaissa et al., 2021):
 
 Scaling choice (headroom vs precision). CKKS decryption error is *additive*, about 1e-8
 in value units whatever the magnitude (measured: 7e-9 for |x| from 1e-2 to 1e6 at scale
-2^40), while the magnitude is capped at ``2**magnitude_bits`` by the data modulus (2^98
-for [60,40,40,60] at 2^40). Dividing ``n_i * w_i`` by the public bound B before encoding is
-exactly the same as encoding with scale ``Delta / B``: it buys log2(B) bits of headroom
-and costs the same bits of precision. fedai therefore encrypts ``n_i * w_i`` in natural
-units, keeps the key's scale as the one knob, and uses B (``update_bound``) to *check*
-headroom: a client refuses to encode unless every ``|w| <= B`` and ``n_i * B`` fits, and
-refuses to decode an aggregate whose worst case ``N * B`` could have wrapped around the
-modulus. :attr:`CkksCodec.max_total_weight` reports the limit: 3.2e27 for the default
-profile; for the aggregation-only chain [60, 40] it is 2621 at scale 2^40 (too tight)
-and 2.7e6 at scale 2^30 (error still ~1e-8 after dividing by N ~ 2000), which is the
-recommended way to run that profile (``fedai keys create --coeff-mod-bit-sizes 60,40
---scale-bits 30``: 33-35 B/param instead of 83-89).
+2^40), while the magnitude is capped at ``2**magnitude_bits`` by the data modulus (2^68
+for the default [60,50,60] at 2^40; 2^98 for [60,40,40,60]). Dividing ``n_i * w_i`` by
+the public bound B before encoding is exactly the same as encoding with scale
+``Delta / B``: it buys log2(B) bits of headroom and costs the same bits of precision.
+fedai therefore encrypts ``n_i * w_i`` in natural units, keeps the key's scale as the one
+knob, and uses B (``update_bound``) to *check* headroom: a client refuses to encode unless
+every ``|w| <= B`` and ``n_i * B`` fits, and refuses to decode an aggregate whose worst
+case ``N * B`` could have wrapped around the modulus. :attr:`CkksCodec.max_total_weight`
+reports the limit: 3.0e18 for the default profile ([60,50,60]: aggregation never
+multiplies, so no level beyond the data primes is needed; 61 B/slot on the wire instead
+of 81 for [60,40,40,60], and ~30% faster); for the aggregation-only chain [60, 40] it is
+2621 at scale 2^40 (too tight) and 2.7e6 at scale 2^30 (error still ~1e-8 after dividing
+by N ~ 2000), which is the recommended way to run that profile (``fedai keys create
+--coeff-mod-bit-sizes 60,40 --scale-bits 30``: 33-35 B/param).
 
 Shared decryptions. Every client sees the decrypted aggregate, and revealing CKKS
 decryptions can leak the secret key (Li & Micciancio, "On the Security of Homomorphic
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedai.aggregation import exact_average, quantize
 from fedai.crypto.envelope import Envelope, PayloadKind, Scheme
 from fedai.crypto.keys import (
     ClientBundle,
@@ -209,7 +212,8 @@ class CkksCodec:
                 f"every |weight value| must be <= secure_aggregation."
                 f"update_bound {self.update_bound:g}; got {worst:g}"
             )
-        scaled = flat * weight
+        # On the grid, so that the sum of integer-weighted contributions is exact.
+        scaled = quantize(flat, self.round_decimals) * weight
         start = time.perf_counter()
         context = self._bundle._context
         blobs = [
@@ -277,7 +281,8 @@ class CkksCodec:
         for j, (lo, hi) in enumerate(chunk_bounds(env.n_values, self._slots)):
             vec = _deserialize(context, blobs[j], hi - lo, f"aggregate ciphertext {j}")
             parts.append(np.asarray(vec.decrypt(), dtype=np.float64))
-        avg = np.concatenate(parts) / total_weight
+        total = np.concatenate(parts)
+        avg = total / total_weight
         slack = 10.0 ** -(self.round_decimals or 6)
         finite = bool(np.all(np.isfinite(avg)))
         worst = float(np.max(np.abs(avg))) if finite else math.inf
@@ -289,10 +294,9 @@ class CkksCodec:
             )
         if self.flood_sigma > 0:
             assert self._rng is not None  # enforced in __init__
-            avg = avg + self._rng.normal(0.0, self.flood_sigma, size=avg.shape)
-        if self.round_decimals is not None:
-            avg = np.round(avg, self.round_decimals)
-        return unflatten(avg, env.specs)
+            total = total + self._rng.normal(0.0, self.flood_sigma * total_weight, total.shape)
+        # Snap the decrypted sum back onto the clients' grid: exact for integer weights.
+        return unflatten(exact_average(total, total_weight, self.round_decimals), env.specs)
 
 
 class CkksSum:

@@ -81,7 +81,7 @@ class CkksParameters:
     """
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 50, 60)
     global_scale: float = 2.0**40
 
     @property
@@ -496,7 +496,7 @@ def create_keys(
     *,
     scheme: str = "ckks",
     poly_modulus_degree: int = 8192,
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60),
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 50, 60),
     global_scale: float = 2.0**40,
     force: bool = False,
     overwrite: bool = False,
