@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedai.config import DataSection, ExperimentConfig
+from fedai.config import DataSection, ExperimentConfig, ExperimentSection
 from fedai.data import files, hub, partition, sources
 from fedai.errors import DataError, PartitionError
 
@@ -134,8 +134,9 @@ def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
 
 
 @functools.lru_cache(maxsize=4)
-def _federated_cached(config_json: str) -> tuple[ClientData, ...]:
-    return tuple(load_federated(ExperimentConfig.from_json(config_json)))
+def _federated_cached(data: DataSection, seed: int, num_clients: int) -> tuple[ClientData, ...]:
+    experiment = ExperimentSection(seed=seed, num_clients=num_clients, clients_per_round=1)
+    return tuple(load_federated(ExperimentConfig(data=data, experiment=experiment)))
 
 
 def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
@@ -144,23 +145,10 @@ def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
         raise PartitionError(
             f"partition id must be in [0, {cfg.experiment.num_clients}); got {partition_id}"
         )
-    key = ExperimentConfig.from_mapping(
-        {
-            "data": _data_dict(cfg.data),
-            "experiment": {
-                "seed": cfg.experiment.seed,
-                "num_clients": cfg.experiment.num_clients,
-                "clients_per_round": 1,
-            },
-        }
-    ).to_json()
-    return _federated_cached(key)[partition_id]
-
-
-def _data_dict(data: DataSection) -> dict[str, object]:
-    from dataclasses import asdict
-
-    return asdict(data)
+    # Keyed by what the partition depends on only (the sections are frozen and hashable).
+    return _federated_cached(cfg.data, cfg.experiment.seed, cfg.experiment.num_clients)[
+        partition_id
+    ]
 
 
 def load_local_file(
