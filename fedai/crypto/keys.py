@@ -3,17 +3,27 @@
 ``create_keys(out_dir)`` generates one TenSEAL CKKS key set (Cheon, Kim, Kim & Song,
 ASIACRYPT 2017) and writes two files, both mode 0600:
 
-* ``client.bundle`` -- the full TenSEAL context **with the secret key** (and public key).
+* ``client.bundle`` -- the full TenSEAL context **with the secret key** (and, for
+  ``encryption="public-key"`` key sets, the public key).
   Every client of the federation holds it: clients encrypt, and decrypt the aggregate.
 * ``coordinator.bundle`` -- a TenSEAL context with the encryption parameters only: no
   secret, public, relinearisation or Galois key (about 100 bytes). Adding ciphertexts
   needs no key at all, so the coordinator gets none (NVFlare's server context still
   carries relin keys; it does not need them for additions either).
 
-Both bundles carry the same *fingerprint*, SHA-256 over a domain tag and the
-public-key-only serialization of the context (parameters + public key), and the same
-32-byte payload-authentication key (see :mod:`fedai.crypto.envelope`). The coordinator
-bundle is mode 0600 too because of that authentication key.
+Encryption is **symmetric** (secret-key) by default. Only clients ever encrypt, and every
+client holds the secret key anyway, so a public key buys nothing here; dropping it makes
+encryption about 2x faster, fresh ciphertexts about 10x less noisy (no ``u * pk`` term:
+measured max error 800 vs 10,000 at the coefficient scale), and nobody outside the key
+holders -- the coordinator included -- can produce a valid ciphertext at all
+(``encryption="public-key"`` keeps the textbook mode, and older bundles still load).
+
+Both bundles carry the same *fingerprint* and the same 32-byte payload-authentication key
+(see :mod:`fedai.crypto.envelope`). For symmetric key sets the fingerprint is SHA-256
+over a domain tag and the context's serialization with the secret key (parameters + secret
+key: a one-way commitment to the key, so a client bundle whose key was swapped is
+refused); for public-key sets it is SHA-256 over the parameters + public key. The
+coordinator bundle is mode 0600 too because of the authentication key.
 
 Security parameters follow the HomomorphicEncryption.org standard for 128-bit classical
 security (Albrecht et al., "Homomorphic Encryption Standard", 2018): the total
@@ -67,6 +77,9 @@ BundleKind = Literal["client", "coordinator"]
 _LEN = struct.Struct(">I")
 _MAX_META_BYTES = 1 << 20
 _FINGERPRINT_DOMAIN = b"fedai/ckks-key-fingerprint/v1\x00"
+_FINGERPRINT_DOMAIN_SK = b"fedai/ckks-key-fingerprint/secret-key/v2\x00"
+Encryption = Literal["symmetric", "public-key"]
+ENCRYPTIONS: tuple[str, ...] = ("symmetric", "public-key")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,6 +236,11 @@ class _Bundle:
         """The CKKS parameters."""
         return self._params
 
+    @property
+    def encryption(self) -> Encryption:
+        """``"symmetric"`` (secret-key encryption) or ``"public-key"`` (older key sets)."""
+        return _encryption_of(self._meta, Path("<bundle>"))
+
     def is_private(self) -> bool:
         """Return whether this bundle's context holds the secret key."""
         return bool(self._context.is_private())
@@ -266,7 +284,7 @@ class ClientBundle(_Bundle):
         if not include_secret_key:
             return self.to_public().serialize()
         ctx_bytes = self._context.serialize(
-            save_public_key=True,
+            save_public_key=self.encryption == "public-key",
             save_secret_key=True,
             save_galois_keys=False,
             save_relin_keys=False,
@@ -307,12 +325,35 @@ def _require_keyless(context: ts.Context, path: Path) -> None:
         )
 
 
-def _fingerprint_of(context: ts.Context) -> bytes:
-    """SHA-256 over a domain tag and the parameters + public key serialization."""
+def _fingerprint_of(context: ts.Context, encryption: Encryption) -> bytes:
+    """The key-set fingerprint (a client context: it must hold its key material).
+
+    Symmetric: SHA-256 over a domain tag and the parameters + secret key serialization
+    (deterministic; a one-way commitment to the key). Public-key: SHA-256 over a domain
+    tag and the parameters + public key serialization (format of the first key sets).
+    """
+    if encryption == "symmetric":
+        material = context.serialize(
+            save_public_key=False,
+            save_secret_key=True,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+        return hashlib.sha256(_FINGERPRINT_DOMAIN_SK + material).digest()
     public = context.serialize(
         save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
     return hashlib.sha256(_FINGERPRINT_DOMAIN + public).digest()
+
+
+def _encryption_of(meta: dict[str, Any], path: Path) -> Encryption:
+    """The bundle's encryption type; bundles written before the field are public-key."""
+    value = meta.get("encryption", "public-key")
+    if value == "symmetric":
+        return "symmetric"
+    if value == "public-key":
+        return "public-key"
+    raise KeyFileError(f"{path}: expected encryption 'symmetric' or 'public-key'; got {value!r}")
 
 
 def _pack_file(meta: dict[str, Any], ctx_bytes: bytes) -> bytes:
@@ -417,10 +458,13 @@ def load_client_bundle(path: str | os.PathLike[str], *, n_threads: int = 1) -> C
     context, meta, params, fingerprint, mac_key = _load(p, "client", n_threads)
     if not context.is_private():
         raise KeyFileError(f"{p}: expected a client context holding the secret key; got none")
-    if _fingerprint_of(context) != fingerprint:
+    encryption = _encryption_of(meta, p)
+    actual = _fingerprint_of(context, encryption)
+    if actual != fingerprint:
+        which = "secret key" if encryption == "symmetric" else "public key"
         raise KeyFileError(
-            f"{p}: expected the public key to match fingerprint "
-            f"{fingerprint.hex()[:16]}; got {_fingerprint_of(context).hex()[:16]}"
+            f"{p}: expected the {which} to match fingerprint "
+            f"{fingerprint.hex()[:16]}; got {actual.hex()[:16]}"
         )
     bundle: ClientBundle = ClientBundle._wrap(
         context, params=params, fingerprint=fingerprint, mac_key=mac_key, meta=meta
@@ -473,6 +517,7 @@ def read_bundle_info(path: str | os.PathLike[str]) -> BundleInfo:
         forced=bool(meta.get("forced")),
         size_bytes=st.st_size,
         mode=st.st_mode & 0o777,
+        extra={"encryption": _encryption_of(meta, p)},
     )
 
 
@@ -498,6 +543,7 @@ def create_keys(
     poly_modulus_degree: int = 8192,
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 50, 60),
     global_scale: float = 2.0**40,
+    encryption: Encryption = "symmetric",
     force: bool = False,
     overwrite: bool = False,
     n_threads: int = 1,
@@ -510,6 +556,8 @@ def create_keys(
         poly_modulus_degree: Ring degree N.
         coeff_mod_bit_sizes: Coefficient-modulus prime sizes (last = special prime).
         global_scale: CKKS encoding scale.
+        encryption: ``"symmetric"`` (default: only key holders encrypt, 2x faster, less
+            noise) or ``"public-key"``.
         force: Accept parameters below fedai's 128-bit profile (N < 8192). The
             HE-standard bit table itself cannot be overridden: SEAL refuses it.
         overwrite: Replace an existing key set in ``out_dir``.
@@ -530,6 +578,10 @@ def create_keys(
     if scheme != "ckks":
         raise ConfigError(
             f"keys scheme must be 'ckks' (paillier bundles are not available yet); got {scheme!r}"
+        )
+    if encryption not in ENCRYPTIONS:
+        raise ConfigError(
+            f"keys encryption must be 'symmetric' or 'public-key'; got {encryption!r}"
         )
     params = CkksParameters(
         poly_modulus_degree=int(poly_modulus_degree),
@@ -573,6 +625,11 @@ def create_keys(
             params.poly_modulus_degree,
             coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
             n_threads=n_threads,
+            encryption_type=(
+                ts.ENCRYPTION_TYPE.SYMMETRIC
+                if encryption == "symmetric"
+                else ts.ENCRYPTION_TYPE.ASYMMETRIC
+            ),
         )
     except ValueError as err:  # SEAL's own parameter / security check
         raise InsecureParametersError(
@@ -583,7 +640,8 @@ def create_keys(
         "format": BUNDLE_FORMAT,
         "scheme": "ckks",
         "params": params.to_dict(),
-        "fingerprint": _fingerprint_of(context).hex(),
+        "encryption": encryption,
+        "fingerprint": _fingerprint_of(context, encryption).hex(),
         "params_sha256": hashlib.sha256(_keyless_bytes(context)).hexdigest(),
         "mac_key": secrets.token_bytes(MAC_KEY_BYTES).hex(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -614,11 +672,13 @@ def create_keys(
 __all__ = [
     "CLIENT_BUNDLE",
     "COORDINATOR_BUNDLE",
+    "ENCRYPTIONS",
     "MAX_TOTAL_BITS_128",
     "BundleInfo",
     "CkksParameters",
     "ClientBundle",
     "CoordinatorBundle",
+    "Encryption",
     "create_keys",
     "load_client_bundle",
     "load_coordinator_bundle",

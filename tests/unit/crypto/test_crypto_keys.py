@@ -7,8 +7,10 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Literal
 
 import pytest
+import tenseal as ts
 
 from fedai.cli import main
 from fedai.crypto import (
@@ -41,10 +43,42 @@ def test_coordinator_bundle_holds_no_key_at_all(key_dir: Path) -> None:
     assert bundle.is_private() is False
     assert ctx.is_private() is False
     assert ctx.has_secret_key() is False
-    assert ctx.has_public_key() is False
     assert ctx.has_relin_keys() is False
     assert ctx.has_galois_keys() is False
     assert (key_dir / COORDINATOR_BUNDLE).stat().st_size < 4096  # parameters only
+    with pytest.raises(ValueError, match="not supported for symmetric"):
+        ctx.has_public_key()  # a symmetric key set has no public key anywhere
+    with pytest.raises(ValueError, match="doesn't support encryption"):
+        ts.ckks_vector(ctx, [1.0])  # the coordinator cannot even encrypt
+
+
+def test_default_key_set_is_symmetric_and_public_key_sets_still_work(tmp_path: Path) -> None:
+    sym = create_keys(tmp_path / "sym")
+    pk = create_keys(tmp_path / "pk", encryption="public-key")
+    assert pk.encryption == "public-key"
+
+    assert sym.encryption == "symmetric"
+    assert load_client_bundle(tmp_path / "sym").encryption == "symmetric"
+    assert load_client_bundle(tmp_path / "pk").encryption == "public-key"
+    assert load_coordinator_bundle(tmp_path / "pk")._context.has_public_key() is False
+    for d in ("sym", "pk"):
+        client = load_client_bundle(tmp_path / d)
+        value = ts.ckks_vector(client._context, [1.5, -2.0]).decrypt()
+        assert value == pytest.approx([1.5, -2.0], abs=1e-6)
+
+
+def test_bundle_written_before_the_encryption_field_loads_as_public_key(tmp_path: Path) -> None:
+    create_keys(tmp_path, encryption="public-key")
+    meta, ctx_bytes = _split(tmp_path / CLIENT_BUNDLE)
+    del meta["encryption"]
+    _rewrite(tmp_path / CLIENT_BUNDLE, meta, ctx_bytes)
+
+    assert load_client_bundle(tmp_path).encryption == "public-key"
+
+
+def test_unknown_encryption_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'symmetric' or 'public-key'; got 'rot13'"):
+        create_keys(tmp_path, encryption="rot13")  # type: ignore[arg-type]
 
 
 def test_client_bundle_is_private_and_fingerprints_agree(key_dir: Path) -> None:
@@ -198,12 +232,30 @@ def test_secret_key_smuggled_into_a_coordinator_bundle_is_refused(
         load_coordinator_bundle(tmp_path)
 
 
-def test_fingerprint_not_matching_the_public_key_is_refused(tmp_path: Path, key_dir: Path) -> None:
-    meta, ctx_bytes = _split(key_dir / CLIENT_BUNDLE)
+@pytest.mark.parametrize(
+    ("encryption", "which"), [("symmetric", "secret key"), ("public-key", "public key")]
+)
+def test_fingerprint_not_matching_the_key_is_refused(
+    tmp_path: Path, encryption: Literal["symmetric", "public-key"], which: str
+) -> None:
+    create_keys(tmp_path / "src", encryption=encryption)
+    meta, ctx_bytes = _split(tmp_path / "src" / CLIENT_BUNDLE)
     meta = {**meta, "fingerprint": hashlib.sha256(b"other").hexdigest()}
     _rewrite(tmp_path / CLIENT_BUNDLE, meta, ctx_bytes)
 
-    with pytest.raises(KeyFileError, match="public key to match fingerprint"):
+    with pytest.raises(KeyFileError, match=f"{which} to match fingerprint"):
+        load_client_bundle(tmp_path)
+
+
+def test_client_bundle_with_a_swapped_secret_key_is_refused(tmp_path: Path, key_dir: Path) -> None:
+    # Same parameters, another secret key: only the fingerprint can tell.
+    create_keys(tmp_path / "other")
+    meta, _ = _split(key_dir / CLIENT_BUNDLE)
+    _, other_ctx = _split(tmp_path / "other" / CLIENT_BUNDLE)
+    meta = {**meta, "context_sha256": hashlib.sha256(other_ctx).hexdigest()}
+    _rewrite(tmp_path / CLIENT_BUNDLE, meta, other_ctx)
+
+    with pytest.raises(KeyFileError, match="secret key to match fingerprint"):
         load_client_bundle(tmp_path)
 
 
