@@ -5,7 +5,8 @@ Usage::
     .venv/bin/python experiments/bench/ckks.py --out experiments/bench/ckks.json
 
 For each model size (the digits MLP at hidden=128, ~26k parameters, and hidden=280,
-~100k) and each CKKS profile (default N=8192 [60,50,60]; [60,40,40,60]; aggregation-only [60,40]) it
+~100k) and each CKKS profile in :data:`PROFILES` (default N=8192 [60,50,60] at 2^40 with
+symmetric encryption; the same with public-key encryption; compact [60,40] at 2^36) it
 times, with ``K`` clients and TenSEAL at 1 thread:
 
 * client ``encode`` (flatten, scale by n_i, encrypt, serialize, tag) per parameter;
@@ -57,11 +58,13 @@ TARGETS = {
     "sum_us_per_param_per_client": 0.5,
     "wire_bytes_per_param": 85.0,
 }
-# name -> (coeff_mod_bit_sizes, log2 scale). [60,40] at 2^30: N * bound <= 2^28.
-PROFILES = {
-    "default": ((60, 50, 60), 40),
-    "four-prime": ((60, 40, 40, 60), 40),
-    "aggregation-only": ((60, 40), 30),
+# name -> (coeff_mod_bit_sizes, log2 scale, encryption). "compact": one 60-bit data prime at
+# scale 2^36 leaves N * update_bound <= 2^22; symmetric encryption's error (~1e-8 per
+# fresh ciphertext at 2^36) keeps the decoded sum exact.
+PROFILES: dict[str, tuple[tuple[int, ...], int, str]] = {
+    "default": ((60, 50, 60), 40, "symmetric"),
+    "default, public-key": ((60, 50, 60), 40, "public-key"),
+    "compact": ((60, 40), 36, "symmetric"),
 }
 
 
@@ -90,13 +93,19 @@ def _bench_one(
     weights: Sequence[float],
     bits: tuple[int, ...],
     scale_bits: int,
+    encryption: str,
     key_root: Path,
 ) -> dict[str, Any]:
     shapes = [w.shape for w in clients[0]]
     k = len(clients)
-    key_dir = key_root / "-".join(map(str, bits))
+    key_dir = key_root / f"{'-'.join(map(str, bits))}-{scale_bits}-{encryption}"
     _, t_keygen, _ = _timed(
-        lambda: create_keys(key_dir, coeff_mod_bit_sizes=bits, global_scale=2.0**scale_bits)
+        lambda: create_keys(
+            key_dir,
+            coeff_mod_bit_sizes=bits,
+            global_scale=2.0**scale_bits,
+            encryption=encryption,  # type: ignore[arg-type]
+        )
     )
     codec = CkksCodec(load_client_bundle(key_dir))
     summer = CkksSum(load_coordinator_bundle(key_dir))
@@ -134,6 +143,7 @@ def _bench_one(
     return {
         "coeff_mod_bit_sizes": list(bits),
         "scale_bits": scale_bits,
+        "encryption": encryption,
         "max_total_weight": codec.max_total_weight,
         "keygen_s": t_keygen,
         "n_ciphertexts": len(payloads[0]) - 1,
@@ -229,9 +239,10 @@ def round_time_ratio(cfg: Any, *, key_dir: Path, repeats: int = 3) -> dict[str, 
 
 RATIO_VARIANTS: dict[str, tuple[str, list[str]]] = {
     # name -> (CKKS profile, config overrides on experiments/quickstart.toml)
-    "quickstart": ("default", []),
-    "quickstart, aggregation-only keys": ("aggregation-only", []),
-    "quickstart, local_epochs=30": ("default", ["train.local_epochs=30"]),
+    "quickstart (mlp)": ("default", []),
+    "quickstart (mlp), compact keys": ("compact", []),
+    "quickstart (mlp), public-key keys": ("default, public-key", []),
+    "quickstart with the cnn": ("default", ['model.name="cnn"']),
 }
 
 
@@ -241,10 +252,15 @@ def _ratio_rows(key_root: Path, rounds: int, repeats: int) -> list[dict[str, Any
     toml = Path(__file__).resolve().parents[1] / "quickstart.toml"
     rows = []
     for name, (profile, overrides) in RATIO_VARIANTS.items():
-        bits, scale_bits = PROFILES[profile]
-        key_dir = key_root / f"ratio-{profile}"
+        bits, scale_bits, encryption = PROFILES[profile]
+        key_dir = key_root / f"ratio-{profile.replace(', ', '-')}"
         if not key_dir.exists():
-            create_keys(key_dir, coeff_mod_bit_sizes=bits, global_scale=2.0**scale_bits)
+            create_keys(
+                key_dir,
+                coeff_mod_bit_sizes=bits,
+                global_scale=2.0**scale_bits,
+                encryption=encryption,  # type: ignore[arg-type]
+            )
         cfg = ExperimentConfig.from_toml(toml, [f"experiment.rounds={rounds}", *overrides])
         row = round_time_ratio(cfg, key_dir=key_dir, repeats=repeats)
         row.update(
@@ -252,7 +268,8 @@ def _ratio_rows(key_root: Path, rounds: int, repeats: int) -> list[dict[str, Any
             profile=profile,
             overrides=overrides,
             clients=cfg.experiment.num_clients,
-            model=f"mlp(hidden={cfg.model.hidden})",
+            model=cfg.model.name
+            + (f"(hidden={cfg.model.hidden})" if cfg.model.name == "mlp" else ""),
         )
         rows.append(row)
         print(
@@ -283,16 +300,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedai-bench-") as tmp:
         for hidden in args.hidden:
             clients, n_params = _model_weights(hidden, args.clients, args.seed)
-            for profile, (bits, scale_bits) in PROFILES.items():
+            for profile, (bits, scale_bits, encryption) in PROFILES.items():
                 row = _bench_one(
-                    clients, n_params, weights, bits, scale_bits, Path(tmp) / f"h{hidden}"
+                    clients,
+                    n_params,
+                    weights,
+                    bits,
+                    scale_bits,
+                    encryption,
+                    Path(tmp) / f"h{hidden}",
                 )
                 row.update(
                     model=f"mlp(digits, hidden={hidden})", n_params=n_params, profile=profile
                 )
                 results.append(row)
                 print(
-                    f"{row['model']:<28} {profile:<17} {n_params:>7} params  "
+                    f"{row['model']:<28} {profile:<20} {n_params:>7} params  "
                     f"enc {row['encrypt_us_per_param']['wall']:.2f} us/p  "
                     f"sum {row['sum_us_per_param_per_client']['wall']:.3f} us/p/c  "
                     f"chk {row['check_us_per_param_per_client']['wall']:.3f}  "
