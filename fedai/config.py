@@ -31,7 +31,7 @@ from fedai.errors import ConfigError
 PartitionName = Literal["iid", "dirichlet", "shards"]
 PrivacyMode = Literal["none", "local", "local+user"]
 AccountantName = Literal["rdp", "prv"]
-GradSampleMode = Literal["hooks", "ew"]
+GradSampleMode = Literal["hooks", "ew", "ghost", "fused"]
 SecureScheme = Literal["none", "ckks", "paillier"]
 OptimizerName = Literal["sgd", "adam"]
 
@@ -191,7 +191,7 @@ class PrivacySection:
     delta: float | None = None
     accountant: AccountantName = "rdp"
     budget_epsilon: float | None = None
-    grad_sample_mode: Literal["hooks", "ew", "ghost"] = "hooks"  # ghost: fast clipping
+    grad_sample_mode: GradSampleMode = "hooks"  # fused: Linear-only models, fastest
     secure_mode: bool = False
     user_clipping_norm: float = 1.0
     user_noise_multiplier: float = 1.0

@@ -3,10 +3,12 @@
 Digits (1,437 training examples, 8x8), fedai's MLP, SGD lr 0.05 momentum 0.9, batch 64,
 sigma 1.0, C 1.0. Non-private: shuffled mini-batches (fedai.training.train_epochs).
 DP-SGD: fedai.privacy.train_dp_sgd (new PrivacyEngine per call, Poisson sampling) in
-"hooks" and "ew" modes. Each setting runs once to warm up, then ``--repeats`` times,
-interleaved so that machine load hits all settings alike; we report the median seconds
-per epoch, both for a 1-epoch call (what one FL round with one local epoch costs,
-including Opacus set-up) and amortised over a 5-epoch call. One thread.
+Opacus' "hooks", "ew" and "ghost" modes and fedai's "fused" mode (fedai.privacy.fused:
+clipped gradients from one backward pass, Opacus' loader, noise and accountant). Each
+setting runs once to warm up, then ``--repeats`` times, interleaved so that machine load
+hits all settings alike; we report the median seconds per epoch, both for a 1-epoch call
+(what one FL round with one local epoch costs, including Opacus set-up) and amortised over
+a 5-epoch call. One thread.
 
     .venv/bin/python experiments/bench/dpsgd.py --out experiments/bench/dpsgd.json
 """
@@ -87,6 +89,7 @@ def main() -> None:
         "dp_hooks": private("hooks"),
         "dp_ew": private("ew"),
         "dp_ghost": private("ghost"),
+        "dp_fused": private("fused"),
     }
     results: dict[str, dict[str, Any]] = {}
     for epochs in (1, 5):
@@ -103,7 +106,7 @@ def main() -> None:
         }
         base = results[key]["non_private"]["median_s_per_epoch"]
         base_min = results[key]["non_private"]["min_s_per_epoch"]
-        for name in ("dp_hooks", "dp_ew", "dp_ghost"):
+        for name in ("dp_hooks", "dp_ew", "dp_ghost", "dp_fused"):
             r = results[key][name]
             r["slowdown_median"] = r["median_s_per_epoch"] / base
             r["slowdown_best_of"] = r["min_s_per_epoch"] / base_min

@@ -12,6 +12,9 @@ returns the trained ``state_dict`` (``_module.`` prefixes removed) and the
 ``(noise_multiplier, sample_rate, steps)`` event Opacus' accountant recorded; the event
 goes into the client's :class:`~fedai.privacy.ledger.PrivacyLedger`, which owns the
 cumulative epsilon. :func:`private_round` does check-budget, train, record in that order.
+``grad_sample_mode="fused"`` swaps Opacus' per-sample-gradient machinery for the
+single-backward clipping of :mod:`fedai.privacy.fused` (Linear + elementwise models) while
+keeping Opacus' Poisson loader, noise and accountant.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from fedai.privacy.ledger import LedgerEntry, PrivacyLedger
 
 if TYPE_CHECKING:
     import torch
+    from opacus import PrivacyEngine
     from torch import nn
     from torch.utils.data import DataLoader
 
 logger = logging.getLogger(__name__)
 
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew", "ghost")
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ew", "ghost", "fused")
 OptimizerFactory = Callable[[Iterable["torch.nn.Parameter"]], "torch.optim.Optimizer"]
 
 
@@ -105,7 +109,8 @@ def check_dp_sgd_parameters(
         problems.append(f"epochs must be an integer >= 1; got {epochs!r}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         problems.append(
-            f"grad_sample_mode must be one of hooks, ew, ghost; got {grad_sample_mode!r}"
+            f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}; "
+            f"got {grad_sample_mode!r}"
         )
     if secure_mode and not secure_rng_available():
         problems.append(
@@ -154,8 +159,12 @@ def train_dp_sgd(
             (expanded weights, faster on CPU) or ``"ghost"`` (fast gradient clipping, Li et
             al. 2022 / Bu et al. 2023: per-sample gradient *norms* without materialising
             per-sample gradients, a second backward pass; Linear, Conv, LayerNorm and
-            Embedding layers). In ``ew`` and ``ghost`` an empty Poisson batch is replaced
-            by one random, data-independent example, as Opacus' ``rand_on_empty`` does.
+            Embedding layers) or ``"fused"`` (:mod:`fedai.privacy.fused`: clipped gradients
+            of ``nn.Linear`` + elementwise models from one backward pass, Bu et al. 2023,
+            with Opacus' Poisson loader, noise and accountant; the fastest on small MLPs).
+            In ``ew`` and ``ghost`` an empty Poisson batch is replaced by one random,
+            data-independent example, as Opacus' ``rand_on_empty`` does; ``hooks`` and
+            ``fused`` take a noise-only step.
         secure_mode: Opacus' CSPRNG noise; needs ``torchcsprng`` (not installable here).
         noise_generator: torch RNG for the Gaussian noise (tests pass a seeded one). ``None``
             draws a generator seeded from OS entropy. Ignored (must be None) in secure mode.
@@ -166,10 +175,13 @@ def train_dp_sgd(
 
     Raises:
         InvalidPrivacyParameterError: bad privacy settings (before any training).
-        ModelError: a model Opacus cannot privatise (before any training).
+        ModelError: a model Opacus cannot privatise, or in ``fused`` mode a model with
+            other than Linear + elementwise modules (before any training).
     """
     import torch
     from opacus import PrivacyEngine
+
+    from fedai.privacy.fused import train_fused, validate_fused_model
 
     check_dp_sgd_parameters(
         noise_multiplier=noise_multiplier,
@@ -179,6 +191,8 @@ def train_dp_sgd(
         secure_mode=secure_mode,
     )
     validate_private_model(model)
+    if grad_sample_mode == "fused":
+        validate_fused_model(model)
     num_samples = len(loader.dataset)  # type: ignore[arg-type]
     if num_samples < 1:
         raise InvalidPrivacyParameterError("loader must hold at least one example; got 0")
@@ -195,8 +209,76 @@ def train_dp_sgd(
     loss_fn = criterion if criterion is not None else torch.nn.CrossEntropyLoss()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
         engine = PrivacyEngine(accountant="rdp", secure_mode=secure_mode)
+    if grad_sample_mode == "fused":
+        run = train_fused(
+            work,
+            loader=loader,
+            optimizer=optimizer,
+            criterion=loss_fn,
+            epochs=epochs,
+            noise_multiplier=float(noise_multiplier),
+            max_grad_norm=float(max_grad_norm),
+            accountant=engine.accountant,
+            noise_generator=engine.secure_rng if secure_mode else noise_generator,
+            loader_generator=engine.secure_rng,
+            secure_mode=secure_mode,
+        )
+        total_loss, batches = run.total_loss, run.nonempty_batches
+        state = _strip_module_prefix(work.state_dict())
+    else:
+        total_loss, batches, state = _train_opacus(
+            engine,
+            work,
+            loader=loader,
+            optimizer=optimizer,
+            loss_fn=loss_fn,
+            epochs=epochs,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            grad_sample_mode=grad_sample_mode,
+            noise_generator=noise_generator,
+        )
+    if sorted(state) != sorted(keys):
+        raise ModelError(
+            f"trained state keys {sorted(state)} do not match the model's {sorted(keys)}"
+        )
+    history = list(engine.accountant.history)
+    if len(history) != 1:  # pragma: no cover - one (sigma, q) per call by construction
+        raise ModelError(f"expected one accountant event per round; got {history!r}")
+    sigma, q, steps = history[0]
+    event = DpSgdEvent(float(sigma), float(q), int(steps))
+    mean_loss = total_loss / batches if batches else math.nan
+    logger.debug(
+        "DP-SGD round: n=%d sigma=%.4f C=%g q=%.4g steps=%d mode=%s",
+        num_samples,
+        event.noise_multiplier,
+        max_grad_norm,
+        event.sample_rate,
+        event.steps,
+        grad_sample_mode,
+    )
+    return PrivateTrainingResult(
+        state_dict=state, event=event, num_samples=num_samples, mean_loss=mean_loss
+    )
+
+
+def _train_opacus(
+    engine: PrivacyEngine,
+    work: nn.Module,
+    *,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    epochs: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str,
+    noise_generator: torch.Generator | None,
+) -> tuple[float, int, dict[str, torch.Tensor]]:
+    """Opacus' own modes: ``make_private`` then the usual loop; hooks removed after."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
         made = engine.make_private(
             module=work,
             optimizer=optimizer,
@@ -236,28 +318,7 @@ def train_dp_sgd(
             remove = getattr(dp_model, "remove_hooks", None)
             if callable(remove):
                 remove()
-    if sorted(state) != sorted(keys):
-        raise ModelError(
-            f"trained state keys {sorted(state)} do not match the model's {sorted(keys)}"
-        )
-    history = list(engine.accountant.history)
-    if len(history) != 1:  # pragma: no cover - one (sigma, q) per call by construction
-        raise ModelError(f"expected one accountant event per round; got {history!r}")
-    sigma, q, steps = history[0]
-    event = DpSgdEvent(float(sigma), float(q), int(steps))
-    mean_loss = total_loss / batches if batches else math.nan
-    logger.debug(
-        "DP-SGD round: n=%d sigma=%.4f C=%g q=%.4g steps=%d mode=%s",
-        num_samples,
-        event.noise_multiplier,
-        max_grad_norm,
-        event.sample_rate,
-        event.steps,
-        grad_sample_mode,
-    )
-    return PrivateTrainingResult(
-        state_dict=state, event=event, num_samples=num_samples, mean_loss=mean_loss
-    )
+    return total_loss, batches, state
 
 
 def planned_event(
