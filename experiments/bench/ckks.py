@@ -242,8 +242,23 @@ RATIO_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "quickstart (mlp)": ("default", []),
     "quickstart (mlp), compact keys": ("compact", []),
     "quickstart (mlp), public-key keys": ("default, public-key", []),
+    "quickstart, mlp hidden=32": ("default", ["model.hidden=32"]),
     "quickstart with the cnn": ("default", ['model.name="cnn"']),
 }
+
+
+def _n_params(cfg: Any) -> int:
+    from fedai.data import load_client
+    from fedai.models import ModelSpec, build_model
+
+    data = load_client(cfg, 0)
+    spec = ModelSpec(
+        name=cfg.model.name,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        hidden=cfg.model.hidden,
+    )
+    return sum(p.numel() for p in build_model(spec).parameters())
 
 
 def _ratio_rows(key_root: Path, rounds: int, repeats: int) -> list[dict[str, Any]]:
@@ -267,6 +282,7 @@ def _ratio_rows(key_root: Path, rounds: int, repeats: int) -> list[dict[str, Any
             variant=name,
             profile=profile,
             overrides=overrides,
+            n_params=_n_params(cfg),
             clients=cfg.experiment.num_clients,
             model=cfg.model.name
             + (f"(hidden={cfg.model.hidden})" if cfg.model.name == "mlp" else ""),
