@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tomllib
@@ -440,6 +441,7 @@ class ExperimentConfig:
         return dataclasses.replace(self, **sections)
 
 
+@functools.cache
 def _section_types() -> dict[str, type[Any]]:
     hints = typing.get_type_hints(ExperimentConfig)
     return {name: hints[name] for name in (f.name for f in dataclasses.fields(ExperimentConfig))}
@@ -482,10 +484,15 @@ def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
     return False, value  # pragma: no cover - every field uses the types above
 
 
+@functools.cache
+def _hints(section_type: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(section_type)
+
+
 def _coerce_section(
     section: str, section_type: type[_SectionT], values: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:
-    hints = typing.get_type_hints(section_type)
+    hints = _hints(section_type)  # type: ignore[arg-type]
     names = [f.name for f in dataclasses.fields(section_type)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     problems: list[str] = []
