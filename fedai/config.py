@@ -312,6 +312,15 @@ class ExperimentConfig:
         problems: list[str] = []
         for f in dataclasses.fields(self):
             problems += getattr(self, f.name).problems()
+        if (
+            self.privacy.mode != "none"
+            and self.privacy.grad_sample_mode == "fused"
+            and self.model.name not in ("logreg", "mlp")
+        ):
+            problems.append(
+                "privacy.grad_sample_mode 'fused' needs a Linear-only model (logreg or mlp); "
+                f"got model.name {self.model.name!r} (use hooks, ew or ghost)"
+            )
         if problems:
             raise ConfigError(problems)
 

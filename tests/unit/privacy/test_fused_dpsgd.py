@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedai.config import ExperimentConfig
-from fedai.errors import InvalidPrivacyParameterError, ModelError
+from fedai.errors import ConfigError, InvalidPrivacyParameterError, ModelError
 from fedai.models import ModelSpec, build_model
 from fedai.privacy.dpsgd import PrivateTrainingResult, planned_event, train_dp_sgd
 from fedai.privacy.fused import CLIP_EPSILON, FusedClipper, validate_fused_model
@@ -255,3 +255,20 @@ def test_unknown_mode_message_lists_fused_and_config_accepts_it() -> None:
     )
     assert cfg.privacy.grad_sample_mode == "fused"
     assert ExperimentConfig.from_mapping({}).privacy.grad_sample_mode == "hooks"
+
+
+def test_config_refuses_fused_with_a_model_it_cannot_train() -> None:
+    with pytest.raises(
+        ConfigError, match=r"'fused' needs a Linear-only model .* got model.name 'cnn'"
+    ):
+        ExperimentConfig.from_mapping(
+            {
+                "model": {"name": "cnn"},
+                "privacy": {"mode": "local", "noise_multiplier": 1.0, "grad_sample_mode": "fused"},
+            }
+        )
+    # Without DP the mode is unused, so any model is fine.
+    cfg = ExperimentConfig.from_mapping(
+        {"model": {"name": "cnn"}, "privacy": {"grad_sample_mode": "fused"}}
+    )
+    assert cfg.model.name == "cnn"
