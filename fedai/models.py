@@ -141,7 +141,7 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         # The CPU generator only: torch.manual_seed also queues a lazy CUDA/XPU/MTIA seed
         # call, with a formatted stack trace, on every call (~0.4 ms, and the queue grows).
-        torch.default_generator.manual_seed(seed)
+        torch.default_generator.manual_seed(int(seed))
         return _REGISTRY[spec.name](spec)
 
 

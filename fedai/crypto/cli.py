@@ -154,7 +154,7 @@ def register(subparsers: Any) -> None:
         "--encryption",
         choices=["symmetric", "public-key"],
         default="symmetric",
-        help="symmetric (default): only key holders can encrypt, 2x faster, 10x less noise; "
+        help="symmetric (default): no public key is made; 2x faster, 10x less noise. "
         "public-key: textbook CKKS",
     )
     create.add_argument(

@@ -13,10 +13,12 @@ ASIACRYPT 2017) and writes two files, both mode 0600:
 
 Encryption is **symmetric** (secret-key) by default. Only clients ever encrypt, and every
 client holds the secret key anyway, so a public key buys nothing here; dropping it makes
-encryption about 2x faster, fresh ciphertexts about 10x less noisy (no ``u * pk`` term:
-measured max error 800 vs 10,000 at the coefficient scale), and nobody outside the key
-holders -- the coordinator included -- can produce a valid ciphertext at all
-(``encryption="public-key"`` keeps the textbook mode, and older bundles still load).
+encryption about 2x faster and fresh ciphertexts about 10x less noisy (no ``u * pk`` term:
+measured max error 800 vs 10,000 at the coefficient scale), and there is no public key to
+leak (``encryption="public-key"`` keeps the textbook mode, and older bundles still load).
+It is not an integrity guarantee: without any key, the coordinator can still add public
+constants to the ciphertexts it receives, or craft a trivial (``c1 = 0``) ciphertext of a
+value of its choice; the payload MAC, whose key it holds, does not stop it either.
 
 Both bundles carry the same *fingerprint* and the same 32-byte payload-authentication key
 (see :mod:`fedai.crypto.envelope`). For symmetric key sets the fingerprint is SHA-256
@@ -556,8 +558,8 @@ def create_keys(
         poly_modulus_degree: Ring degree N.
         coeff_mod_bit_sizes: Coefficient-modulus prime sizes (last = special prime).
         global_scale: CKKS encoding scale.
-        encryption: ``"symmetric"`` (default: only key holders encrypt, 2x faster, less
-            noise) or ``"public-key"``.
+        encryption: ``"symmetric"`` (default: no public key; 2x faster, less noise) or
+            ``"public-key"``.
         force: Accept parameters below fedai's 128-bit profile (N < 8192). The
             HE-standard bit table itself cannot be overridden: SEAL refuses it.
         overwrite: Replace an existing key set in ``out_dir``.

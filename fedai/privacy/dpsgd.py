@@ -196,6 +196,15 @@ def train_dp_sgd(
     num_samples = len(loader.dataset)  # type: ignore[arg-type]
     if num_samples < 1:
         raise InvalidPrivacyParameterError("loader must hold at least one example; got 0")
+    # Opacus divides the noised sum by int(n * q) with q = 1 / len(loader); float rounding
+    # makes that 0 for some (n, batch_size = 1), e.g. n = 49, and the step would be inf.
+    expected_batch = int(num_samples * (1 / len(loader)))
+    if expected_batch < 1:
+        raise InvalidPrivacyParameterError(
+            f"expected Poisson batch size int(n * q) must be >= 1; got "
+            f"int({num_samples} * 1/{len(loader)}) = {expected_batch} (batch_size "
+            f"{loader.batch_size}); use a batch_size >= 2"
+        )
     if secure_mode:
         noise_generator = None
     elif noise_generator is None:

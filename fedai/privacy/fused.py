@@ -76,11 +76,20 @@ def fused_model_problems(model: nn.Module) -> list[str]:
     """
     problems: list[str] = []
     linear = 0
+    owners: dict[int, list[str]] = {}
     for name, module in model.named_modules():
         label = name or "<root>"
         kind = type(module).__name__
-        if isinstance(module, nn.Linear):
+        if type(module) is nn.Linear:  # a subclass may change forward(); refuse it below
             linear += 1
+            for p in module.parameters(recurse=False):
+                owners.setdefault(id(p), []).append(label)
+            continue
+        if isinstance(module, nn.Flatten) and _flattens_batch(module):
+            problems.append(
+                f"module {label} (Flatten) has start_dim {module.start_dim}, which merges "
+                "examples into one batch axis; expected start_dim >= 1"
+            )
             continue
         own = [n for n, p in module.named_parameters(recurse=False) if p is not None]
         if own:
@@ -100,9 +109,24 @@ def fused_model_problems(model: nn.Module) -> list[str]:
                 f"module {label} ({kind}) has inplace=True, which overwrites the Linear "
                 "outputs fused mode differentiates; expected inplace=False"
             )
+    for labels in owners.values():
+        if len(labels) > 1:
+            problems.append(
+                f"nn.Linear layers {', '.join(labels)} share a parameter (tied weights); "
+                "fused mode needs each parameter in one Linear layer"
+            )
     if linear == 0 and not problems:
         problems.append("model has no nn.Linear layer; fused mode trains Linear layers only")
     return problems
+
+
+def _flattens_batch(module: nn.Flatten) -> bool:
+    """Return whether ``module`` certainly merges the batch axis (``start_dim == 0``).
+
+    A negative ``start_dim`` may or may not reach axis 0 depending on the input; the row
+    check in :meth:`FusedClipper.clipped_sum` catches that case at the first step.
+    """
+    return module.start_dim == 0
 
 
 def validate_fused_model(model: nn.Module) -> None:
@@ -207,7 +231,7 @@ class FusedClipper:
         self, model: nn.Module, params: Sequence[nn.Parameter], *, max_grad_norm: float
     ) -> None:
         validate_fused_model(model)
-        named = [(n or "<root>", m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        named = [(n or "<root>", m) for n, m in model.named_modules() if type(m) is nn.Linear]
         owner: dict[int, _Slot] = {}
         for k, (_, layer) in enumerate(named):
             owner[id(layer.weight)] = _Slot(k, True)
@@ -272,9 +296,16 @@ class FusedClipper:
         n = len(self._outputs)
         self._inputs, self._outputs = [None] * n, [None] * n
         try:
+            batch = len(labels)
+            if features.shape[0] != batch:
+                raise ModelError(
+                    f"fused DP-SGD needs one feature row per label; got {features.shape[0]} "
+                    f"rows and {batch} labels"
+                )
             loss = criterion(self.model(features), labels)
             inputs = _captured(self._inputs, self.names)
             outputs = _captured(self._outputs, self.names)
+            self._check_rows(inputs, outputs, batch)
             self._check_versions(inputs, outputs)
             output_grads = torch.autograd.grad(loss, outputs)
             weight_sums, bias_sums, _ = clipped_grad_sum(
@@ -289,6 +320,23 @@ class FusedClipper:
             self._inputs, self._outputs = [None] * n, [None] * n
         sums = [_present(weight_sums if s.is_weight else bias_sums, s.layer) for s in self._slots]
         return loss, sums
+
+    def _check_rows(
+        self, inputs: list[torch.Tensor], outputs: list[torch.Tensor], batch: int
+    ) -> None:
+        """Refuse a Linear whose rows are not the batch's examples, one row each.
+
+        Each row is clipped to C on its own, so a forward that turns one example into k rows
+        (a reshape of (B, T, d) to (B*T, d), a concatenation, a transpose) would let that
+        example contribute k*C while the accountant assumes C.
+        """
+        for name, a, z in zip(self.names, inputs, outputs, strict=True):
+            if a.shape[0] != batch or z.shape[0] != batch:
+                raise ModelError(
+                    f"nn.Linear layer {name} got {a.shape[0]} input rows and gave "
+                    f"{z.shape[0]} output rows for a batch of {batch} examples; fused mode "
+                    f"needs exactly one row per example; {_USE_OTHER_MODE}"
+                )
 
     def _check_versions(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         """Refuse activations changed in place after the layer ran (e.g. ``h.relu_()``).

@@ -272,3 +272,88 @@ def test_config_refuses_fused_with_a_model_it_cannot_train() -> None:
         {"model": {"name": "cnn"}, "privacy": {"grad_sample_mode": "fused"}}
     )
     assert cfg.model.name == "cnn"
+
+
+class _TiedWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))  # type: ignore[no-any-return]
+
+
+class _ScaledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, 3 * self.weight, self.bias)
+
+
+def test_tied_weights_flatten_over_the_batch_and_linear_subclasses_are_refused() -> None:
+    with pytest.raises(ModelError, match="a, b share a parameter"):
+        validate_fused_model(_TiedWeights())
+    with pytest.raises(ModelError, match="start_dim 0, which merges examples"):
+        validate_fused_model(nn.Sequential(nn.Flatten(0, 1), nn.Linear(8, 3)))
+    with pytest.raises(ModelError, match=r"module <root> \(_ScaledLinear\) owns parameters"):
+        validate_fused_model(_ScaledLinear(8, 3))
+
+
+class _RowsPerExample(nn.Module):
+    """Turns each example into 4 rows before a Linear: 4 clipped rows per example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rows(x.reshape(-1, 2)).reshape(len(x), -1)[:, :3]  # type: ignore[no-any-return]
+
+
+class _Sequence(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.reshape(len(x), 2, 4)).sum(dim=1)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (_RowsPerExample(), r"rows got \d+ input rows and gave \d+ output rows for a batch of"),
+        (_Sequence(), "head got a 3-D input"),
+    ],
+)
+def test_a_linear_must_see_exactly_one_row_per_example(model: nn.Module, match: str) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelError, match=match):
+        _train(model, "fused")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_bias_only_training_clips_like_brute_force() -> None:
+    model = _sequential_model()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 6, generator=g, dtype=torch.float64), torch.arange(12) % 3
+    expected, _ = _brute_force_clipped_sum(model, params, x, y, clip=0.05)
+
+    with FusedClipper(model, params, max_grad_norm=0.05) as clipper:
+        _, sums = clipper.clipped_sum(x, y, nn.CrossEntropyLoss())
+
+    for got, want in zip(sums, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "fused"])
+def test_a_batch_size_whose_expected_batch_rounds_to_zero_is_refused(mode: str) -> None:
+    loader = DataLoader(_data(49), batch_size=1)  # int(49 * (1/49)) == 0 in floating point
+    assert int(49 * (1 / len(loader))) == 0
+    with pytest.raises(InvalidPrivacyParameterError, match=r"int\(49 \* 1/49\) = 0"):
+        _train(build_model(SPEC, seed=0), mode, loader=loader)
