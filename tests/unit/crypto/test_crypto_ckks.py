@@ -385,3 +385,43 @@ def test_ckks_aggregate_equals_the_plaintext_one_bit_for_bit(
     # Assert: snapping the decrypted sum to the grid removed the CKKS error entirely
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_array_equal(a, b.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("encryption", "bits", "scale_bits"),
+    [
+        ("symmetric", (60, 40), 36),  # the README's compact profile
+        ("public-key", (60, 50, 60), 40),  # key sets made before symmetric became default
+    ],
+)
+def test_other_profiles_decode_100_contributions_bit_for_bit(
+    tmp_path: Path, encryption: str, bits: tuple[int, ...], scale_bits: int
+) -> None:
+    create_keys(
+        tmp_path,
+        coeff_mod_bit_sizes=bits,
+        global_scale=2.0**scale_bits,
+        encryption=encryption,  # type: ignore[arg-type]
+    )
+    codec = CkksCodec(load_client_bundle(tmp_path), update_bound=10.0)
+    summer = CkksSum(load_coordinator_bundle(tmp_path))
+    rng = np.random.default_rng(11)
+    models = _models(rng, SHAPES, 100, scale=3.0)
+    models = [[np.clip(a, -10, 10) for a in m] for m in models]
+    weights = [int(w) for w in rng.integers(1, 400, 100)]
+    assert sum(weights) * codec.update_bound <= 2.0**codec._bundle.params.magnitude_bits
+    plain = PlainCodec(round_decimals=codec.round_decimals)
+
+    expected = plain.decode(
+        PlainSum().sum([plain.encode(m, w) for m, w in zip(models, weights, strict=True)]),
+        sum(weights),
+        SHAPES,
+    )
+    got = codec.decode(
+        summer.sum([codec.encode(m, w) for m, w in zip(models, weights, strict=True)]),
+        sum(weights),
+        SHAPES,
+    )
+
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b.astype(np.float32))
