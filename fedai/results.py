@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from fedai.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -81,25 +81,10 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{stamp}-{name}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(out_dir: Path, summary: RunSummary) -> Path:
     """Write ``results.json`` (atomically) and ``accuracy.png``; return the JSON path."""
     path = out_dir / "results.json"
-    atomic_write_text(path, json.dumps(summary.to_dict(), indent=2) + "\n")
+    atomic_write(path, json.dumps(summary.to_dict(), indent=2) + "\n")
     plot_accuracy(out_dir / "accuracy.png", summary)
     if any(r.privacy.get("max_epsilon") for r in summary.rounds):
         plot_accuracy_vs_epsilon(out_dir / "accuracy_vs_epsilon.png", summary)
@@ -165,7 +150,6 @@ def plot_accuracy_vs_epsilon(path: Path, summary: RunSummary) -> None:
 __all__ = [
     "RoundRecord",
     "RunSummary",
-    "atomic_write_text",
     "default_run_dir",
     "plot_accuracy",
     "plot_accuracy_vs_epsilon",

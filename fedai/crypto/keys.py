@@ -45,13 +45,13 @@ import math
 import os
 import secrets
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from fedai.errors import ConfigError, InsecureParametersError, KeyFileError
+from fedai.fileio import atomic_write
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -523,21 +523,6 @@ def read_bundle_info(path: str | os.PathLike[str]) -> BundleInfo:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically to ``path`` with mode 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def create_keys(
     out_dir: str | os.PathLike[str],
     *,
@@ -657,8 +642,8 @@ def create_keys(
         meta=meta,
     )
     try:
-        _write_private(targets[0], bundle.serialize(include_secret_key=True))
-        _write_private(targets[1], bundle.serialize(include_secret_key=False))
+        atomic_write(targets[0], bundle.serialize(include_secret_key=True), mode=0o600)
+        atomic_write(targets[1], bundle.serialize(include_secret_key=False), mode=0o600)
     except OSError as err:
         raise KeyFileError(f"{out}: expected to write the key bundles; got {err}") from err
     logger.info(

@@ -25,17 +25,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedai.errors import InvalidPrivacyParameterError, LedgerError, PrivacyBudgetExceededError
+from fedai.fileio import atomic_write
 from fedai.privacy.accounting import (
     ACCOUNTANTS,
     DpSgdEvent,
@@ -405,23 +403,10 @@ class PrivacyLedger:
         """
         p = Path(path)
         text = json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
-        tmp_name: str | None = None
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, p)
-            tmp_name = None
-            _fsync_dir(p.parent)
+            atomic_write(p, text)
         except OSError as err:
             raise LedgerError(f"ledger file {str(p)!r} cannot be written: {err}") from err
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
         return p
 
     @classmethod
@@ -497,20 +482,6 @@ class PrivacyLedger:
 
 def _bad_entry(value: object) -> LedgerEntry:
     raise LedgerError(f"ledger entry must be an object; got {value!r}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Flush the directory entry of a replaced file (POSIX); a no-op where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def max_epsilon(ledgers: Iterable[PrivacyLedger]) -> float:
