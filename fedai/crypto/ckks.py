@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedai.aggregation import exact_average, quantize
-from fedai.crypto.envelope import Envelope, PayloadKind, Scheme
+from fedai.crypto.ckks_wire import load_ckks_vector
+from fedai.crypto.envelope import MAX_SUMMANDS, Envelope, PayloadKind, Scheme
 from fedai.crypto.keys import (
     ClientBundle,
     CoordinatorBundle,
@@ -71,19 +72,8 @@ logger = logging.getLogger(__name__)
 def _deserialize(
     context: ts.Context, blob: np.ndarray, expected_size: int, where: str
 ) -> ts.CKKSVector:
-    """Load one ciphertext and check its slot count; every failure is CorruptPayloadError."""
-    import tenseal as ts
-
-    try:
-        vec = ts.ckks_vector_from(context, blob.tobytes())
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise CorruptPayloadError(
-            f"{where} must be a CKKS ciphertext under this key set; got {type(err).__name__}: {err}"
-        ) from err
-    size = int(vec.size())
-    if size != expected_size:
-        raise CorruptPayloadError(f"{where} must hold {expected_size} values; got {size}")
-    return vec
+    """Load one untrusted ciphertext, checked before any native arithmetic touches it."""
+    return load_ckks_vector(context, blob.tobytes(), size=expected_size, where=where)
 
 
 class CkksCodec:
@@ -360,22 +350,29 @@ class CkksSum:
             slots=self._slots,
         )
 
+    def _open_contribution(self, payload: Payload, where: str) -> tuple[Envelope, list[np.ndarray]]:
+        env, blobs = self._open(payload)
+        if env.kind is not PayloadKind.CONTRIBUTION or env.n_summands != 1:
+            raise CorruptPayloadError(
+                f"{where} must be one client contribution (kind 1, 1 summand); got kind "
+                f"{int(env.kind)} with {env.n_summands} summands"
+            )
+        return env, blobs
+
     def check(self, payload: Payload) -> None:
         """Validate one client contribution before it is summed.
 
         Checks structure, key fingerprint, value/ciphertext counts and the authentication
-        tag over every byte; does not decrypt (it cannot).
+        tag over every byte; does not decrypt (it cannot). The ciphertexts themselves are
+        validated when :meth:`sum` loads them (:func:`~fedai.crypto.ckks_wire.
+        load_ckks_vector`), before any arithmetic.
 
         Raises:
             KeyMismatchError: The payload was made under another key set.
             CorruptPayloadError: It is empty, truncated, random, miscounted, not a
-                contribution, or its tag does not match.
+                single contribution, or its tag does not match.
         """
-        env, _ = self._open(payload)
-        if env.kind is not PayloadKind.CONTRIBUTION:
-            raise CorruptPayloadError(
-                "payload kind must be a client contribution; got an aggregate"
-            )
+        self._open_contribution(payload, "payload")
 
     def sum(self, payloads: Sequence[Payload]) -> Payload:
         """Add checked contributions ciphertext by ciphertext.
@@ -393,7 +390,7 @@ class CkksSum:
         if not payloads:
             raise CorruptPayloadError("sum needs at least one payload; got none")
         start = time.perf_counter()
-        opened = [self._open(p) for p in payloads]
+        opened = [self._open_contribution(p, f"payload {i}") for i, p in enumerate(payloads)]
         first = opened[0][0]
         for i, (env, _) in enumerate(opened):
             if env.specs != first.specs:
@@ -414,7 +411,9 @@ class CkksSum:
                     _deserialize(context, opened[i][1][j], hi - lo, f"payload {i} ciphertext {j}")
                 )
             out.append(acc.serialize())
-        total = sum(env.n_summands for env, _ in opened)
+        total = len(opened)  # one summand each (checked above)
+        if total > MAX_SUMMANDS:
+            raise CorruptPayloadError(f"sum must have <= {MAX_SUMMANDS} summands; got {total}")
         agg = Envelope(
             scheme=Scheme.CKKS,
             kind=PayloadKind.AGGREGATE,

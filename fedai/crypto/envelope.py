@@ -37,7 +37,8 @@ from fedai.errors import CorruptPayloadError, KeyMismatchError
 MAGIC = b"FEDAIENC"
 VERSION = 1
 TAG_BYTES = 32
-MAX_ARRAYS = 1_000_000
+MAX_ARRAYS = 65_536
+MAX_SUMMANDS = 2**31 - 1
 MAX_NDIM = 8
 MAX_VALUES = 2**34
 MAX_BLOB_BYTES = 256 * 2**20
@@ -139,8 +140,11 @@ class Envelope:
     ) -> tuple[Envelope, list[np.ndarray]]:
         """Parse and authenticate a payload.
 
-        Checks, in order: structure and magic, version, scheme, fingerprint, internal
-        consistency (shapes vs value count, blob count, slot count), then the tag.
+        Checks, in order: structure and magic, version, scheme, fingerprint, the range of
+        every fixed field and the sizes they imply (header length, ciphertext count and
+        sizes), then the tag, and only then parses the array shapes (so an outsider's
+        bytes cost at most one bounded MAC computation, and nothing large is parsed
+        before it).
 
         Args:
             payload: The received arrays.
@@ -197,32 +201,28 @@ class Envelope:
             problems.append(f"payload slots must be {slots}; got {n_slots}")
         if not 0 < n_values <= MAX_VALUES:
             problems.append(f"payload value count must be in [1, {MAX_VALUES}]; got {n_values}")
-        if n_summands < 1:
-            problems.append(f"payload summand count must be >= 1; got {n_summands}")
-        if n_arrays > MAX_ARRAYS:
-            problems.append(f"payload array count must be <= {MAX_ARRAYS}; got {n_arrays}")
+        if not 1 <= n_summands <= MAX_SUMMANDS:
+            problems.append(
+                f"payload summand count must be in [1, {MAX_SUMMANDS}]; got {n_summands}"
+            )
+        if not 1 <= n_arrays <= min(MAX_ARRAYS, max(n_values, 1)):
+            problems.append(
+                f"payload array count must be in [1, min({MAX_ARRAYS}, value count)]; "
+                f"got {n_arrays}"
+            )
         if problems:
             raise CorruptPayloadError("; ".join(problems))
-        specs, end = _parse_specs(raw, _FIXED.size, n_arrays)
-        if len(raw) != end + TAG_BYTES:
+        # Bound everything before the tag is checked: the header's size follows from the
+        # array count, the ciphertext count from the value count; nothing is parsed yet.
+        longest = _FIXED.size + n_arrays * (_ARRAY.size + MAX_NDIM * _DIM.size) + TAG_BYTES
+        if len(raw) > longest:
             raise CorruptPayloadError(
-                f"payload header must be {end + TAG_BYTES} bytes; got {len(raw)}"
+                f"payload header must be <= {longest} bytes for {n_arrays} arrays; got {len(raw)}"
             )
-        env = cls(
-            scheme=scheme,
-            kind=PayloadKind(kind_code),
-            fingerprint=fp,
-            n_values=n_values,
-            slots=n_slots,
-            n_summands=n_summands,
-            specs=specs,
-        )
-        total = sum(s.size for s in specs)
-        if total != n_values:
-            raise CorruptPayloadError(f"payload shapes must hold {n_values} values; got {total}")
-        if n_blobs != env.n_blobs or len(payload) != 1 + env.n_blobs:
+        want_blobs = -(-n_values // n_slots)
+        if n_blobs != want_blobs or len(payload) != 1 + want_blobs:
             raise CorruptPayloadError(
-                f"payload must hold {env.n_blobs} ciphertexts for "
+                f"payload must hold {want_blobs} ciphertexts for "
                 f"{n_values} values; header says {n_blobs}, got "
                 f"{len(payload) - 1}"
             )
@@ -232,12 +232,31 @@ class Envelope:
                 raise CorruptPayloadError(
                     f"ciphertext {i} must be 1..{MAX_BLOB_BYTES} bytes; got {b.size}"
                 )
+        end = len(raw) - TAG_BYTES
         if not hmac.compare_digest(raw[end:], _tag(mac_key, raw[:end], body)):
             raise CorruptPayloadError(
                 "payload authentication tag must match its contents; it "
                 "does not (corrupted in transit, or not made by a "
                 "holder of this key set)"
             )
+        # Authenticated from here on: a key holder may still lie, so keep checking.
+        specs, parsed = _parse_specs(raw, _FIXED.size, n_arrays)
+        if parsed != end:
+            raise CorruptPayloadError(
+                f"payload header must be {parsed + TAG_BYTES} bytes; got {len(raw)}"
+            )
+        total = sum(s.size for s in specs)
+        if total != n_values:
+            raise CorruptPayloadError(f"payload shapes must hold {n_values} values; got {total}")
+        env = cls(
+            scheme=scheme,
+            kind=PayloadKind(kind_code),
+            fingerprint=fp,
+            n_values=n_values,
+            slots=n_slots,
+            n_summands=n_summands,
+            specs=specs,
+        )
         return env, body
 
 
@@ -286,4 +305,4 @@ def _tag(mac_key: bytes, header: bytes, body: Sequence[np.ndarray]) -> bytes:
     return mac.digest()
 
 
-__all__ = ["MAGIC", "VERSION", "Envelope", "PayloadKind", "Scheme"]
+__all__ = ["MAGIC", "MAX_SUMMANDS", "VERSION", "Envelope", "PayloadKind", "Scheme"]

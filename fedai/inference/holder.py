@@ -26,6 +26,7 @@ import tenseal as ts
 import tenseal.sealapi
 from torch import nn
 
+from fedai.crypto.ckks_wire import load_ckks_vector
 from fedai.errors import CorruptPayloadError, InferenceError, KeyMismatchError
 from fedai.inference.encoding import (
     DEFAULT_PROFILE,
@@ -273,7 +274,8 @@ class ModelHolder:
                 f"coeff_mod_bit_sizes must be {list(want.coeff_mod_bit_sizes)}; got {list(bits)}"
             )
         if not math.isclose(scale, 2.0**want.scale_bits):
-            problems.append(f"scale must be 2^{want.scale_bits}; got 2^{math.log2(scale):.1f}")
+            got = f"2^{math.log2(scale):.1f}" if math.isfinite(scale) and scale > 0 else repr(scale)
+            problems.append(f"scale must be 2^{want.scale_bits}; got {got}")
         if problems:
             raise KeyMismatchError(
                 "context uses parameters this model cannot serve: " + "; ".join(problems)
@@ -315,18 +317,7 @@ class ModelHolder:
 
 
 def _load_vector(ctx: ts.Context, blob: bytes, size: int, index: int) -> ts.CKKSVector:
-    if not blob:
-        raise CorruptPayloadError(f"ciphertext {index} must be a CKKS vector; got 0 bytes")
-    try:
-        vec = ts.ckks_vector_from(ctx, blob)
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise CorruptPayloadError(
-            f"ciphertext {index} must be a CKKS vector under the given context; got "
-            f"{len(blob)} bytes that do not load ({err})"
-        ) from err
-    if vec.size() != size:
-        raise CorruptPayloadError(f"ciphertext {index} must hold {size} values; got {vec.size()}")
-    return vec
+    return load_ckks_vector(ctx, blob, size=size, where=f"ciphertext {index}")
 
 
 __all__ = ["CONTEXT_CACHE_SIZE", "MASK_BOUND", "LinearLayer", "ModelHolder", "layers_from_model"]

@@ -222,7 +222,7 @@ def test_check_accepts_the_good_payload_and_rejects_an_aggregate(
 ) -> None:
     summer.check(good)
 
-    with pytest.raises(CorruptPayloadError, match="kind must be a client contribution"):
+    with pytest.raises(CorruptPayloadError, match="must be one client contribution"):
         summer.check(summer.sum([good]))
 
 
