@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fedai.errors import CorruptPayloadError
+from fedai.errors import ContributionError, CorruptPayloadError
 
 Payload = list[np.ndarray]
 Shapes = Sequence[tuple[int, ...]]
@@ -34,11 +34,18 @@ class SecureSum(Protocol):
 
     name: str
 
-    def check(self, payload: Payload) -> None:
-        """Raise a typed error if ``payload`` cannot be summed (wrong key, corrupt, ...)."""
+    def check(self, payload: Payload, shapes: Shapes | None = None) -> None:
+        """Raise a typed error if ``payload`` cannot be summed (wrong key, corrupt, ...).
+
+        ``shapes``, when given, is the model's layout the payload must carry.
+        """
 
     def sum(self, payloads: Sequence[Payload]) -> Payload:
-        """Return the homomorphic (or plain) sum of already-checked payloads."""
+        """Return the homomorphic (or plain) sum of already-checked payloads.
+
+        Raises :class:`~fedai.errors.ContributionError` naming the first payload that
+        cannot be added, so that the caller can leave it out and sum the rest.
+        """
 
 
 class ClientCodec(Protocol):
@@ -94,6 +101,13 @@ def _check_arrays(payload: Payload, what: str) -> None:
             raise CorruptPayloadError(f"{what} array {i} must be finite; got NaN or inf")
 
 
+def _check_shapes(payload: Payload, shapes: Shapes, what: str) -> None:
+    if [tuple(a.shape) for a in payload] != [tuple(s) for s in shapes]:
+        raise CorruptPayloadError(
+            f"{what} shapes must be {list(shapes)}; got {[a.shape for a in payload]}"
+        )
+
+
 class PlainSum:
     """Sums float payloads in the clear (float64). The coordinator sees the model."""
 
@@ -102,9 +116,11 @@ class PlainSum:
     def __init__(self) -> None:
         self._shapes: list[tuple[int, ...]] | None = None
 
-    def check(self, payload: Payload) -> None:
+    def check(self, payload: Payload, shapes: Shapes | None = None) -> None:
         """Raise :class:`CorruptPayloadError` on non-float, non-finite or mismatched arrays."""
         _check_arrays(payload, "plain payload")
+        if shapes is not None:
+            _check_shapes(payload, shapes, "plain payload")
 
     def sum(self, payloads: Sequence[Payload]) -> Payload:
         """Return the element-wise float64 sum; shapes must agree."""
@@ -112,10 +128,10 @@ class PlainSum:
             raise CorruptPayloadError("sum needs at least one payload; got none")
         shapes = [a.shape for a in payloads[0]]
         out = [np.zeros(s, dtype=np.float64) for s in shapes]
-        for p in payloads:
+        for i, p in enumerate(payloads):
             if [a.shape for a in p] != shapes:
-                raise CorruptPayloadError(
-                    f"payload shapes must be {shapes}; got {[a.shape for a in p]}"
+                raise ContributionError(
+                    f"payload {i} shapes must be {shapes}; got {[a.shape for a in p]}", index=i
                 )
             for acc, a in zip(out, p, strict=True):
                 acc += a
@@ -145,10 +161,7 @@ class PlainCodec:
         if not total_weight > 0:
             raise CorruptPayloadError(f"total weight must be > 0; got {total_weight!r}")
         _check_arrays(payload, "aggregate")
-        if [tuple(a.shape) for a in payload] != [tuple(s) for s in shapes]:
-            raise CorruptPayloadError(
-                f"aggregate shapes must be {list(shapes)}; got {[a.shape for a in payload]}"
-            )
+        _check_shapes(payload, shapes, "aggregate")
         avg = [exact_average(a, total_weight, self.round_decimals) for a in payload]
         worst = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in avg)
         if worst > self.bound:

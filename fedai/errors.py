@@ -57,6 +57,17 @@ class CorruptPayloadError(FedAIError, ValueError):
     """An encrypted payload is malformed, truncated, or decrypts outside its bounds."""
 
 
+class ContributionError(CorruptPayloadError):
+    """One of several payloads given to a sum is bad; ``index`` says which.
+
+    The coordinator drops that contribution (that client, that round) and sums the rest.
+    """
+
+    def __init__(self, message: str, *, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class InsecureParametersError(FedAIError, ValueError):
     """Cryptographic parameters below the required security level."""
 
@@ -71,6 +82,7 @@ class InferenceError(FedAIError, ValueError):
 
 __all__ = [
     "ConfigError",
+    "ContributionError",
     "CorruptPayloadError",
     "DataError",
     "FedAIError",

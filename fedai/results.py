@@ -50,6 +50,7 @@ class RunSummary:
     seconds: float = 0.0
     stop_reason: str = ""
     clients: dict[str, Any] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # node -> why it was left out
 
     @property
     def final(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class RunSummary:
             "final": self.final,
             "stop_reason": self.stop_reason,
             "clients": self.clients,
+            "excluded": self.excluded,
         }
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +26,10 @@ from flwr.serverapp import Grid
 
 from fedai.aggregation import Payload, SecureSum
 from fedai.config import ExperimentConfig
-from fedai.errors import CorruptPayloadError, FedAIError, KeyMismatchError, ProtocolError
+from fedai.errors import ContributionError, ProtocolError
 from fedai.federation import keys
 from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
-from fedai.models import ModelSpec
+from fedai.models import ModelSpec, build_model
 from fedai.privacy.accounting import DEFAULT_DELTA
 from fedai.privacy.user_level import effective_noise_multiplier, user_level_epsilon_of_rounds
 from fedai.results import RoundRecord, RunSummary
@@ -35,6 +37,13 @@ from fedai.results import RoundRecord, RunSummary
 logger = logging.getLogger(__name__)
 
 RoundCallback = Callable[[RoundRecord, int], None]
+
+#: Bounds on what a node may announce in discovery (a reply is untrusted input).
+MAX_CLIENT_ID_CHARS = 128
+MAX_EXAMPLES = 10**9
+MAX_CLASSES = 10_000
+MAX_INPUT_DIMS = 4
+MAX_INPUT_VALUES = 10**7
 
 
 @dataclass(slots=True)
@@ -84,6 +93,8 @@ class FederatedRun:
         self._shared: dict[str, bool | int | float | str] = {}
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
         self._user_sigmas: list[float] = []  # sigma each round's sum carried (local+user)
+        self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
+        self.excluded: dict[str, str] = {}  # "node <id>" -> why discovery left it out
 
     # ------------------------------------------------------------------ messaging
     def _send(
@@ -141,16 +152,51 @@ class FederatedRun:
                 f"experiment.num_clients is {want} but only {len(node_ids)} "
                 f"node(s) connected within {self.discovery_timeout:g} s"
             )
-        clients = self._hello(node_ids)
+        clients = self._agree(self._hello(node_ids))
         if not clients:
             raise ProtocolError("no client answered discovery; every node failed (see log)")
-        shapes = {c.input_shape for c in clients.values()}
-        if len(shapes) != 1:
-            raise ProtocolError(f"clients must agree on the input shape; got {sorted(shapes)}")
-        ids = [c.client_id for c in clients.values()]
-        if len(set(ids)) != len(ids):
-            raise ProtocolError(f"client ids must be unique; got {sorted(ids)}")
         return clients
+
+    def _agree(self, clients: dict[int, ClientInfo]) -> dict[int, ClientInfo]:
+        """Keep the nodes that agree: one node per client id, the most common input shape.
+
+        One node's bad answer costs only that node: a duplicate client id keeps the node
+        that announced it first (lowest node id); a node whose input shape differs from
+        the majority's is left out, named in the log and in ``excluded``.
+        """
+        kept: dict[int, ClientInfo] = {}
+        seen: dict[str, int] = {}
+        for nid in sorted(clients):
+            info = clients[nid]
+            if info.client_id in seen:
+                self._exclude(
+                    nid,
+                    info.client_id,
+                    f"client id {info.client_id!r} already announced by node "
+                    f"{seen[info.client_id]}",
+                )
+                continue
+            seen[info.client_id] = nid
+            kept[nid] = info
+        counts = Counter(c.input_shape for c in kept.values())
+        if len(counts) > 1:
+            # Most common shape; ties go to the shape of the lowest node id.
+            order = {c.input_shape: nid for nid, c in sorted(kept.items(), reverse=True)}
+            shape = max(counts, key=lambda s: (counts[s], -order[s]))
+            for nid, info in list(kept.items()):
+                if info.input_shape != shape:
+                    self._exclude(
+                        nid,
+                        info.client_id,
+                        f"input shape {_shape_text(info.input_shape)} differs from the "
+                        f"{counts[shape]} node(s) with {_shape_text(shape)}",
+                    )
+                    del kept[nid]
+        return kept
+
+    def _exclude(self, nid: int, client_id: str, reason: str) -> None:
+        logger.warning("node %s (client %s) left out: %s", nid, client_id, reason)
+        self.excluded[f"node {nid}"] = f"client {client_id!r}: {reason}"
 
     def _hello(self, node_ids: list[int]) -> dict[int, ClientInfo]:
         """Ask ``node_ids`` who they are; nodes that fail or answer garbage are left out."""
@@ -162,21 +208,16 @@ class FederatedRun:
                 reason = reply.error.reason if reply is not None else "no reply"
                 logger.warning("node %s failed discovery: %s", nid, reason)
                 continue
-            rec = self._fedai(reply)
             try:
-                shape = tuple(
-                    as_int(s, what="input shape") for s in str(rec[keys.KEY_INPUT_SHAPE]).split("x")
-                )
-                clients[nid] = ClientInfo(
+                clients[nid] = _parse_hello(nid, self._fedai(reply))
+            except Exception as err:  # any bad reply costs only that node
+                logger.warning(
+                    "node %s answered discovery with a bad reply: %s: %s",
                     nid,
-                    str(rec[keys.KEY_CLIENT_ID]),
-                    as_int(rec[keys.KEY_NUM_TRAIN], what="num-train"),
-                    as_int(rec[keys.KEY_NUM_TEST], what="num-test"),
-                    shape,
-                    as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes"),
+                    type(err).__name__,
+                    err,
                 )
-            except (ProtocolError, KeyError) as err:
-                logger.warning("node %s answered discovery with a bad reply: %s", nid, err)
+                self.excluded[f"node {nid}"] = f"bad discovery reply: {type(err).__name__}: {err}"
         return clients
 
     def refresh(self, clients: dict[int, ClientInfo]) -> None:
@@ -231,6 +272,9 @@ class FederatedRun:
             num_classes=max(c.num_classes for c in clients.values()),
             hidden=self.cfg.model.hidden,
         )
+        # The layout every contribution must carry (seeded: leaves the global RNG alone).
+        model = build_model(spec, seed=0)
+        self._shapes = [tuple(p.shape) for p in model.state_dict().values()]
         self._shared[keys.KEY_NUM_CLASSES] = spec.num_classes
         summary = RunSummary(config=self.cfg.to_dict())
         payload: Payload | None = None
@@ -273,6 +317,7 @@ class FederatedRun:
             }
             for c in clients.values()
         }
+        summary.excluded = dict(self.excluded)
         return RunOutcome(summary, spec, payload, total_weight, clients)
 
     def _privacy_view(self, record: RoundRecord) -> dict[str, Any]:
@@ -331,68 +376,91 @@ class FederatedRun:
                 keys.KEY_NUM_SAMPLED: len(sampled),
             },
         )
-        good: list[Payload] = []
-        weight = 0.0
+        good: list[tuple[str, Payload, float]] = []
         for nid in sampled:
             cid = clients[nid].client_id
-            reply = replies.get(nid)
-            if reply is None:
-                record.failures[cid] = "no reply before the timeout"
-                continue
-            if reply.has_error():
-                record.failures[cid] = reply.error.reason or f"error code {reply.error.code}"
-                continue
-            rec = self._fedai(reply)
-            status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
-            if keys.KEY_PRIVACY in rec:
-                try:
-                    self._privacy_reports[cid] = _parse_report(cid, str(rec[keys.KEY_PRIVACY]))
-                except ProtocolError as err:
-                    record.failures[cid] = str(err)
-                    continue
-            if status == keys.STATUS_REFUSED:
-                reason = str(rec.get(keys.KEY_REASON, "refused"))
-                record.refused[cid] = reason
-                clients[nid].exhausted = reason
-                logger.info("client %s refused to train: %s", cid, reason)
-                continue
-            if status != keys.STATUS_OK:
-                record.failures[cid] = str(rec.get(keys.KEY_REASON, status))
-                continue
             try:
-                contribution = reply_payload(reply)
-                self.summer.check(contribution)
-                n = as_float(
-                    reply.content.metric_records[keys.REC_METRICS][keys.KEY_NUM_EXAMPLES],
-                    what="num-examples",
-                )
-                if not n > 0:
-                    raise ProtocolError(f"num-examples must be > 0; got {n}")
-            except (FedAIError, KeyError, TypeError) as err:
+                taken = self._take_contribution(clients[nid], replies.get(nid), record)
+            except Exception as err:  # one bad reply costs only that client
                 reason = f"{type(err).__name__}: {err}"
                 record.failures[cid] = reason
                 logger.warning(
                     "round %d: contribution of client %s rejected: %s", round_, cid, reason
                 )
                 continue
-            good.append(contribution)
-            weight += n
-            record.trained.append(cid)
-        record.num_examples = weight
+            if taken is not None:
+                good.append((cid, *taken))
+        return self._sum(good, round_, record)
+
+    def _take_contribution(
+        self, client: ClientInfo, reply: Message | None, record: RoundRecord
+    ) -> tuple[Payload, float] | None:
+        """Validate one train reply; return (payload, weight), or None if it brought none.
+
+        Raises:
+            Exception: Anything a malformed reply causes; the caller records it.
+        """
+        cid = client.client_id
+        if reply is None:
+            record.failures[cid] = "no reply before the timeout"
+            return None
+        if reply.has_error():
+            record.failures[cid] = reply.error.reason or f"error code {reply.error.code}"
+            return None
+        rec = self._fedai(reply)
+        status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
+        if keys.KEY_PRIVACY in rec:
+            self._privacy_reports[cid] = _parse_report(cid, str(rec[keys.KEY_PRIVACY]))
+        if status == keys.STATUS_REFUSED:
+            reason = _text(rec.get(keys.KEY_REASON, "refused"))
+            record.refused[cid] = reason
+            client.exhausted = reason
+            logger.info("client %s refused to train: %s", cid, reason)
+            return None
+        if status != keys.STATUS_OK:
+            record.failures[cid] = _text(rec.get(keys.KEY_REASON, status))
+            return None
+        contribution = reply_payload(reply)
+        self.summer.check(contribution, self._shapes)
+        n = as_float(
+            reply.content.metric_records[keys.REC_METRICS][keys.KEY_NUM_EXAMPLES],
+            what="num-examples",
+            lo=0.0,
+            hi=float(client.num_train),
+        )
+        if not n > 0:
+            raise ProtocolError(f"num-examples must be > 0; got {n}")
+        return contribution, n
+
+    def _sum(
+        self, good: list[tuple[str, Payload, float]], round_: int, record: RoundRecord
+    ) -> tuple[Payload, float] | None:
+        """Sum the usable contributions, leaving out any that the sum itself rejects."""
         minimum = self.cfg.secure_aggregation.min_contributors
-        if len(good) < minimum:
+        summed: Payload | None = None
+        while len(good) >= minimum and summed is None:
+            try:
+                summed = self.summer.sum([p for _, p, _ in good])
+            except ContributionError as err:
+                cid = good[err.index][0]
+                record.failures[cid] = f"{type(err).__name__}: {err}"
+                logger.warning(
+                    "round %d: contribution of client %s rejected by the sum: %s", round_, cid, err
+                )
+                del good[err.index]
+            except Exception as err:  # the run goes on without this round
+                record.status, record.reason = "failed", f"sum failed: {type(err).__name__}: {err}"
+                logger.warning("round %d failed: %s; keeping the previous model", round_, err)
+                return None
+        record.trained = [cid for cid, _, _ in good]
+        record.num_examples = weight = sum(n for _, _, n in good)
+        if summed is None:
             record.status = "failed"
             record.reason = (
                 f"{len(good)} usable contribution(s); at least {minimum} needed "
                 "(secure_aggregation.min_contributors)"
             )
             logger.warning("round %d failed: %s; keeping the previous model", round_, record.reason)
-            return None
-        try:
-            summed = self.summer.sum(good)
-        except (CorruptPayloadError, KeyMismatchError) as err:
-            record.status, record.reason = "failed", f"sum failed: {err}"
-            logger.warning("round %d failed: %s; keeping the previous model", round_, err)
             return None
         return summed, weight
 
@@ -422,16 +490,21 @@ class FederatedRun:
                 reason = "no reply" if reply is None else reply.error.reason
                 record.failures.setdefault(cid, f"evaluate: {reason}")
                 continue
-            rec = self._fedai(reply)
-            if str(rec.get(keys.KEY_STATUS, keys.STATUS_OK)) == keys.STATUS_REJECTED:
-                rejected.append(cid + ": " + str(rec.get(keys.KEY_REASON, "")))
-                continue
             try:
+                rec = self._fedai(reply)
+                if str(rec.get(keys.KEY_STATUS, keys.STATUS_OK)) == keys.STATUS_REJECTED:
+                    rejected.append(cid + ": " + _text(rec.get(keys.KEY_REASON, "")))
+                    continue
                 m = reply.content.metric_records[keys.REC_METRICS]
-                n = as_float(m[keys.KEY_NUM_EXAMPLES], what="num-examples")
-                loss = as_float(m[keys.KEY_LOSS], what="loss")
-                acc = as_float(m[keys.KEY_ACCURACY], what="accuracy")
-            except (ProtocolError, KeyError) as err:
+                n = as_float(
+                    m[keys.KEY_NUM_EXAMPLES],
+                    what="num-examples",
+                    lo=0.0,
+                    hi=float(clients[nid].num_test),
+                )
+                loss = as_float(m[keys.KEY_LOSS], what="loss", lo=0.0)
+                acc = as_float(m[keys.KEY_ACCURACY], what="accuracy", lo=0.0, hi=1.0)
+            except Exception as err:  # one bad reply costs only that client
                 record.failures.setdefault(cid, f"evaluate: {type(err).__name__}: {err}")
                 continue
             loss_sum += loss * n
@@ -456,12 +529,66 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
     """Parse a client's privacy report; a malformed one is a ProtocolError."""
     try:
         report = json.loads(text)
-        float(report["epsilon"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        eps = float(report["epsilon"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as err:
         raise ProtocolError(
             f"client {client_id}: privacy report must be JSON with an epsilon; got {text[:80]!r}"
         ) from err
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ProtocolError(f"client {client_id}: privacy report epsilon must be >= 0; got {eps}")
     return dict(report)
+
+
+def _parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
+    """Parse and range-check a discovery reply.
+
+    Raises:
+        ProtocolError: A field is missing, of the wrong type or out of range.
+    """
+    for key in (
+        keys.KEY_CLIENT_ID,
+        keys.KEY_NUM_TRAIN,
+        keys.KEY_NUM_TEST,
+        keys.KEY_INPUT_SHAPE,
+        keys.KEY_NUM_CLASSES,
+    ):
+        if key not in rec:
+            raise ProtocolError(f"discovery reply must carry {key!r}; it does not")
+    client_id = rec[keys.KEY_CLIENT_ID]
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS:
+        raise ProtocolError(
+            f"client id must be a string of 1..{MAX_CLIENT_ID_CHARS} characters; got "
+            f"{type(client_id).__name__} of length {len(str(client_id))}"
+        )
+    text = rec[keys.KEY_INPUT_SHAPE]
+    parts = str(text).split("x")
+    if not isinstance(text, str) or not 0 < len(parts) <= MAX_INPUT_DIMS:
+        raise ProtocolError(
+            f"input shape must be 1..{MAX_INPUT_DIMS} dims like '8x8'; got {str(text)[:40]!r}"
+        )
+    shape = tuple(as_int(d, what="input shape dim", lo=1, hi=MAX_INPUT_VALUES) for d in parts)
+    if math.prod(shape) > MAX_INPUT_VALUES:
+        raise ProtocolError(
+            f"input shape must have <= {MAX_INPUT_VALUES} values; got {_shape_text(shape)}"
+        )
+    return ClientInfo(
+        nid,
+        client_id,
+        as_int(rec[keys.KEY_NUM_TRAIN], what="num-train", lo=1, hi=MAX_EXAMPLES),
+        as_int(rec[keys.KEY_NUM_TEST], what="num-test", lo=0, hi=MAX_EXAMPLES),
+        shape,
+        as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes", lo=2, hi=MAX_CLASSES),
+    )
+
+
+def _text(value: object, limit: int = 300) -> str:
+    """A client-supplied reason, cut to ``limit`` characters for logs and results."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 __all__ = ["ClientInfo", "FederatedRun", "RunOutcome"]

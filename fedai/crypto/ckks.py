@@ -40,10 +40,11 @@ the decryption error is the provable countermeasure, at an accuracy cost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,7 +59,13 @@ from fedai.crypto.keys import (
     load_coordinator_bundle,
 )
 from fedai.crypto.packing import chunk_bounds, flatten, unflatten
-from fedai.errors import ConfigError, CorruptPayloadError, KeyFileError
+from fedai.errors import (
+    ConfigError,
+    ContributionError,
+    CorruptPayloadError,
+    KeyFileError,
+    KeyMismatchError,
+)
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -289,6 +296,17 @@ class CkksCodec:
         return unflatten(exact_average(total, total_weight, self.round_decimals), env.specs)
 
 
+@contextlib.contextmanager
+def _blame(index: int) -> Iterator[None]:
+    """Turn a payload's typed failure (or a native ValueError) into ContributionError."""
+    try:
+        yield
+    except ContributionError:
+        raise
+    except (CorruptPayloadError, KeyMismatchError, ValueError, RuntimeError) as err:
+        raise ContributionError(f"{type(err).__name__}: {err}", index=index) from err
+
+
 class CkksSum:
     """Coordinator side of CKKS secure aggregation: authenticates and adds, holds no key.
 
@@ -359,7 +377,7 @@ class CkksSum:
             )
         return env, blobs
 
-    def check(self, payload: Payload) -> None:
+    def check(self, payload: Payload, shapes: Shapes | None = None) -> None:
         """Validate one client contribution before it is summed.
 
         Checks structure, key fingerprint, value/ciphertext counts and the authentication
@@ -370,9 +388,16 @@ class CkksSum:
         Raises:
             KeyMismatchError: The payload was made under another key set.
             CorruptPayloadError: It is empty, truncated, random, miscounted, not a
-                single contribution, or its tag does not match.
+                single contribution, its tag does not match, or its layout is not
+                ``shapes``.
         """
-        self._open_contribution(payload, "payload")
+        env, _ = self._open_contribution(payload, "payload")
+        if shapes is not None:
+            expected = [tuple(int(d) for d in s) for s in shapes]
+            if [s.shape for s in env.specs] != expected:
+                raise CorruptPayloadError(
+                    f"payload shapes must be {expected}; got {[s.shape for s in env.specs]}"
+                )
 
     def sum(self, payloads: Sequence[Payload]) -> Payload:
         """Add checked contributions ciphertext by ciphertext.
@@ -385,31 +410,43 @@ class CkksSum:
 
         Raises:
             KeyMismatchError: A payload was made under another key set.
-            CorruptPayloadError: No payloads, layouts differ, or a ciphertext fails to load.
+            ContributionError: Payload ``index`` is foreign, corrupt, not a single
+                contribution, differs in layout from payload 0, or a ciphertext fails
+                validation; nothing was summed.
+            CorruptPayloadError: No payloads.
         """
         if not payloads:
             raise CorruptPayloadError("sum needs at least one payload; got none")
         start = time.perf_counter()
-        opened = [self._open_contribution(p, f"payload {i}") for i, p in enumerate(payloads)]
+        opened = []
+        for i, p in enumerate(payloads):
+            with _blame(i):
+                opened.append(self._open_contribution(p, f"payload {i}"))
         first = opened[0][0]
         for i, (env, _) in enumerate(opened):
             if env.specs != first.specs:
-                raise CorruptPayloadError(
+                raise ContributionError(
                     f"payload {i} layout must match payload 0 "
                     f"({len(first.specs)} arrays, {first.n_values} "
                     f"values); got {len(env.specs)} arrays, "
-                    f"{env.n_values} values"
+                    f"{env.n_values} values",
+                    index=i,
                 )
         context = self._bundle._context
         out: list[bytes] = []
         for j, (lo, hi) in enumerate(chunk_bounds(first.n_values, self._slots)):
             # Accumulate into the first freshly loaded vector: CKKSVector.copy() segfaults
-            # on a keyless context (TenSEAL 0.3.18), so never copy here.
-            acc = _deserialize(context, opened[0][1][j], hi - lo, f"payload 0 ciphertext {j}")
+            # on a keyless context (TenSEAL 0.3.18), so never copy here. Every vector is
+            # validated as it loads (load_ckks_vector) before it is added.
+            with _blame(0):
+                acc = _deserialize(context, opened[0][1][j], hi - lo, f"payload 0 ciphertext {j}")
             for i in range(1, len(opened)):
-                acc.add_(
-                    _deserialize(context, opened[i][1][j], hi - lo, f"payload {i} ciphertext {j}")
-                )
+                with _blame(i):
+                    acc.add_(
+                        _deserialize(
+                            context, opened[i][1][j], hi - lo, f"payload {i} ciphertext {j}"
+                        )
+                    )
             out.append(acc.serialize())
         total = len(opened)  # one summand each (checked above)
         if total > MAX_SUMMANDS:

@@ -603,8 +603,28 @@ def authentic_garbage(bundle: ClientBundle) -> Mutation:
 
 AUTHENTIC = {
     "decrypts out of bounds": (authentic_huge_values, r"failed the clients' bounds check"),
-    "does not parse": (authentic_garbage, r"sum failed: payload 1 ciphertext 0 must be a CKKS"),
 }
+
+
+def test_an_authentic_contribution_that_is_no_ciphertext_costs_only_that_client(
+    key_dir: Path, bundle: ClientBundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Arrange: a key holder sends bytes that pass the tag but are no ciphertext
+    app = client_with(lambda msg, ctx, reply: replace_payload(reply, authentic_garbage(bundle)))
+    caplog.set_level(logging.WARNING, logger="server.rounds")
+
+    # Act
+    outcome = run(small(key_dir), app)
+
+    # Assert: the sum left that client out, the round went on with the others
+    rounds = outcome.summary.rounds
+    bad = rounds[CORRUPT_ROUND - 1]
+    assert [r.status for r in rounds] == ["ok", "ok", "ok"]
+    assert str(CORRUPT_CLIENT) not in bad.trained
+    assert len(bad.trained) == NUM_CLIENTS - 1
+    assert bad.failures[str(CORRUPT_CLIENT)].startswith("ContributionError: ")
+    assert "must be a CKKS vector" in bad.failures[str(CORRUPT_CLIENT)]
+    assert f"contribution of client {CORRUPT_CLIENT} rejected by the sum" in caplog.text
 
 
 @pytest.mark.parametrize("case", list(AUTHENTIC))
