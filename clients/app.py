@@ -263,9 +263,7 @@ def train(msg: Message, context: Context) -> Message:
         ledger = store.open(cfg, num_samples=n)
         global_weights = get_weights(model)
         try:
-            loss, sigma = train_private(
-                model, data, cfg, ledger=ledger, round_=round_, seed=round_seed(cfg, cid, round_)
-            )
+            loss, sigma = train_private(model, data, cfg, ledger=ledger, round_=round_)
         except PrivacyBudgetExceededError as err:
             store.save(ledger)  # persist the exhausted mark with the unchanged history
             reply = status_reply(msg, keys.STATUS_REFUSED, str(err), cid)

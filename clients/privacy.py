@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context
 from torch import nn
 
@@ -114,9 +113,12 @@ def train_private(
     *,
     ledger: PrivacyLedger,
     round_: int,
-    seed: int,
 ) -> tuple[float, float]:
     """One DP-SGD round on ``model`` (in place); returns (mean loss, sigma used).
+
+    Takes no seed on purpose: the Poisson batches and the noise both come from OS entropy
+    (:func:`fedai.privacy.dpsgd.train_dp_sgd`). A seed the coordinator knows would let it
+    rebuild every batch (no amplification by subsampling) or subtract the noise.
 
     Raises:
         PrivacyBudgetExceededError: before training, if the round would pass the budget.
@@ -131,16 +133,7 @@ def train_private(
         rounds=cfg.experiment.rounds,
         delta=ledger.delta,
     )
-    loader = make_loader(
-        data.x_train,
-        data.y_train,
-        batch_size=t.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-    # Noise comes from fresh OS entropy (Opacus' default generator), never from the
-    # experiment seed: a seed the coordinator knows would let it subtract the noise.
+    loader = make_loader(data.x_train, data.y_train, batch_size=t.batch_size, shuffle=False)
     result, entry = private_round(
         model,
         ledger=ledger,

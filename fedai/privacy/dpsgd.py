@@ -142,6 +142,7 @@ def train_dp_sgd(
     grad_sample_mode: str = "hooks",
     secure_mode: bool = False,
     noise_generator: torch.Generator | None = None,
+    sampling_generator: torch.Generator | None = None,
     criterion: nn.Module | None = None,
 ) -> PrivateTrainingResult:
     """Train a copy of ``model`` with DP-SGD for ``epochs`` epochs (Abadi et al. 2016).
@@ -149,7 +150,8 @@ def train_dp_sgd(
     Args:
         model: the starting model; it is deep-copied, never hooked or mutated.
         loader: a ``DataLoader`` of ``(features, labels)``; its ``batch_size`` sets the
-            Poisson rate ``q = 1 / ceil(n / B)`` and its ``generator`` drives sampling.
+            Poisson rate ``q = 1 / ceil(n / B)``. Its own sampler and ``generator`` are
+            *not* used: Poisson batches come from ``sampling_generator``.
         optimizer_factory: builds the optimizer from the copy's parameters, e.g.
             ``lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)``.
         epochs: local epochs (each ``int(1/q)`` Poisson batches).
@@ -168,6 +170,10 @@ def train_dp_sgd(
         secure_mode: Opacus' CSPRNG noise; needs ``torchcsprng`` (not installable here).
         noise_generator: torch RNG for the Gaussian noise (tests pass a seeded one). ``None``
             draws a generator seeded from OS entropy. Ignored (must be None) in secure mode.
+        sampling_generator: torch RNG for the Poisson batch sampling. ``None`` (production)
+            draws one seeded from OS entropy: amplification by subsampling assumes the
+            batches are secret, so they must never follow from a seed others know (the
+            experiment seed, a client id, a round number). Tests pass a seeded one.
         criterion: the loss (mean reduction); cross-entropy by default.
 
     Returns:
@@ -180,6 +186,7 @@ def train_dp_sgd(
     """
     import torch
     from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader
 
     from fedai.privacy.fused import train_fused, validate_fused_model
 
@@ -210,6 +217,18 @@ def train_dp_sgd(
     elif noise_generator is None:
         noise_generator = torch.Generator()
         noise_generator.seed()  # OS entropy
+    if sampling_generator is None:
+        sampling_generator = torch.Generator()
+        sampling_generator.seed()  # OS entropy: secret batches
+    # Opacus' DPDataLoader samples with the generator it is given, else the loader's own
+    # (in non-secure mode it is given none): hand it a loader that carries ours.
+    loader = DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        generator=sampling_generator,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+    )
 
     work = copy.deepcopy(model)
     work.train()
@@ -351,6 +370,7 @@ def private_round(
     grad_sample_mode: str = "hooks",
     secure_mode: bool = False,
     noise_generator: torch.Generator | None = None,
+    sampling_generator: torch.Generator | None = None,
 ) -> tuple[PrivateTrainingResult, LedgerEntry]:
     """Check the budget, train one DP-SGD round, record it: dry run, then commit.
 
@@ -384,6 +404,7 @@ def private_round(
         grad_sample_mode=grad_sample_mode,
         secure_mode=secure_mode,
         noise_generator=noise_generator,
+        sampling_generator=sampling_generator,
     )
     if result.event != plan:
         logger.warning(

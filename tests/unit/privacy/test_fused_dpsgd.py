@@ -43,6 +43,7 @@ def _train(model: nn.Module, mode: str, **kw: object) -> PrivateTrainingResult:
         "max_grad_norm": 0.5,
         "grad_sample_mode": mode,
         "noise_generator": torch.Generator().manual_seed(7),
+        "sampling_generator": torch.Generator().manual_seed(5),
     }
     args.update(kw)
     return train_dp_sgd(model, **args)  # type: ignore[arg-type]

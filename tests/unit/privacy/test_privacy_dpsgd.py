@@ -51,6 +51,7 @@ def _train(model: nn.Module, **kw: object) -> object:
         "noise_multiplier": 1.0,
         "max_grad_norm": 1.0,
         "noise_generator": torch.Generator().manual_seed(1),
+        "sampling_generator": torch.Generator().manual_seed(5),
     }
     args.update(kw)
     return train_dp_sgd(model, **args)  # type: ignore[arg-type]
