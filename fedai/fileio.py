@@ -1,4 +1,7 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never a torn one."""
+"""Atomic file writes and directories created with an exact mode whatever the umask.
+
+An atomic write leaves either the old file or the new one after a crash, never a torn one.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +43,36 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> N
     _fsync_dir(path.parent)
 
 
+def make_dir(path: Path, *, mode: int) -> bool:
+    """Create the directory ``path`` (and missing parents) and give it exactly ``mode``.
+
+    Only a directory created here gets ``mode`` (``os.mkdir`` applies the umask, so it is
+    set again with ``chmod``); an existing directory keeps its mode, so ``--out .`` never
+    changes the working directory. Missing parents follow the umask.
+
+    Args:
+        path: The directory.
+        mode: Permission bits for a new directory, e.g. ``0o700`` for key material.
+
+    Returns:
+        True if the directory was created here, False if it already existed.
+
+    Raises:
+        OSError: ``path`` exists and is not a directory, or cannot be created.
+    """
+    if path.is_dir():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise
+    os.chmod(path, mode)
+    return True
+
+
 def _fsync_dir(directory: Path) -> None:
     """Flush the directory entry of a replaced file (POSIX); a no-op where unsupported."""
     try:
@@ -53,4 +86,4 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "make_dir"]

@@ -1,8 +1,9 @@
 """``fedai keys``: create and inspect secure-aggregation key bundles.
 
 ``fedai keys create --scheme ckks --out DIR`` writes ``DIR/client.bundle`` (secret key,
-mode 0600) and ``DIR/coordinator.bundle`` (no key); ``fedai keys show DIR`` prints the
-fingerprint, the parameters and which bundles are present -- never key material.
+mode 0600) and ``DIR/coordinator.bundle`` (no key), creating DIR with mode 0700 if it is
+missing; ``fedai keys show DIR`` prints the fingerprint, the parameters and which bundles
+are present -- never key material.
 """
 
 from __future__ import annotations

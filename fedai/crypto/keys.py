@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from fedai.errors import ConfigError, InsecureParametersError, KeyFileError
-from fedai.fileio import atomic_write
+from fedai.fileio import atomic_write, make_dir
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -74,6 +74,8 @@ MAX_TOTAL_BITS_128: dict[int, int] = {
 #: fedai's policy floor: 4096 slots per ciphertext (the packing the benchmarks assume).
 MIN_POLY_MODULUS_DEGREE = 8192
 MAC_KEY_BYTES = 32
+#: Mode of a key directory created by :func:`create_keys` (owner only, whatever the umask).
+KEY_DIR_MODE = 0o700
 BundleKind = Literal["client", "coordinator"]
 
 _LEN = struct.Struct(">I")
@@ -538,7 +540,8 @@ def create_keys(
     """Generate a CKKS key set and write ``client.bundle`` and ``coordinator.bundle``.
 
     Args:
-        out_dir: Directory to write into (created if missing).
+        out_dir: Directory to write into; created with mode 0700 if missing (an existing
+            directory keeps its mode).
         scheme: Only ``"ckks"`` is available.
         poly_modulus_degree: Ring degree N.
         coeff_mod_bit_sizes: Coefficient-modulus prime sizes (last = special prime).
@@ -602,7 +605,7 @@ def create_keys(
             "ciphertexts become unreadable)"
         )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out, mode=KEY_DIR_MODE)
     except OSError as err:
         raise KeyFileError(f"{out}: expected a writable key directory; got {err}") from err
 
@@ -660,6 +663,7 @@ __all__ = [
     "CLIENT_BUNDLE",
     "COORDINATOR_BUNDLE",
     "ENCRYPTIONS",
+    "KEY_DIR_MODE",
     "MAX_TOTAL_BITS_128",
     "BundleInfo",
     "CkksParameters",

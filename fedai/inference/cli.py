@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -12,10 +13,13 @@ from typing import Any
 import numpy as np
 
 from fedai.errors import ConfigError, DataError
+from fedai.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "FEDAI_TOKEN"  # noqa: S105  (the variable name, not a secret)
+SCORES_FILE_MODE = 0o600
+"""Mode of the scores file written by ``fedai infer``."""
 
 
 def register(subparsers: Any) -> None:
@@ -29,8 +33,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--model", required=True, help="model directory or its model.pt")
     serve.add_argument("--port", type=int, required=True, help="TCP port (0: OS chooses)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--tokens", help="tokens file: '<token-id> <token>' per line")
-    serve.add_argument("--audit-log", help="append-only JSONL audit log of every request")
+    serve.add_argument(
+        "--tokens", help="tokens file: '<token-id> <token>' per line; must be mode 0600"
+    )
+    serve.add_argument(
+        "--audit-log",
+        help="append-only JSONL audit log of every request (created or tightened to 0600)",
+    )
     serve.add_argument("--tls-cert", help="PEM certificate (with --tls-key) to serve over TLS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     serve.add_argument("--max-rows", type=int, default=4096, help="rows per request")
@@ -47,7 +56,9 @@ def register(subparsers: Any) -> None:
     )
     infer.add_argument("--server", required=True, help="HOST:PORT")
     infer.add_argument("--input", required=True, help="features: .csv (numeric) or .npz")
-    infer.add_argument("--out", required=True, help="output .csv or .npz (scores, predictions)")
+    infer.add_argument(
+        "--out", required=True, help="output .csv or .npz (scores, predictions; mode 0600)"
+    )
     infer.add_argument("--token", help=f"bearer token (prefer --token-file or ${TOKEN_ENV})")
     infer.add_argument("--token-file", help="file whose first line is the bearer token")
     infer.add_argument("--tls-ca", help="PEM CA certificate to verify a TLS server")
@@ -69,17 +80,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together; got only one")
     tls = TlsFiles(cert=Path(args.tls_cert), key=Path(args.tls_key)) if args.tls_cert else None
+    limits = ServiceLimits(max_rows=args.max_rows, max_request_bytes=args.max_request_mib * 2**20)
+    tokens = TokenStore.from_file(args.tokens) if args.tokens else None
+    audit = AuditLog(args.audit_log)
     holder = ModelHolder.from_path(args.model)
     server, port = create_server(
-        holder,
-        host=args.host,
-        port=args.port,
-        tokens=TokenStore.from_file(args.tokens) if args.tokens else None,
-        audit=AuditLog(args.audit_log),
-        limits=ServiceLimits(
-            max_rows=args.max_rows, max_request_bytes=args.max_request_mib * 2**20
-        ),
-        tls=tls,
+        holder, host=args.host, port=args.port, tokens=tokens, audit=audit, limits=limits, tls=tls
     )
     print(f"fedai serve: listening on {args.host}:{port}", flush=True)
     try:
@@ -165,19 +171,32 @@ def predictions(scores: np.ndarray) -> np.ndarray:
 
 
 def write_scores(path: Path, scores: np.ndarray) -> None:
-    """Write scores and predictions to ``.npz`` (``scores``, ``predictions``) or ``.csv``."""
+    """Write scores and predictions to ``.npz`` (``scores``, ``predictions``) or ``.csv``.
+
+    The file is written atomically with mode 0600 (whatever the umask): the scores are the
+    querier's private results.
+
+    Raises:
+        DataError: ``path`` ends in neither ``.csv`` nor ``.npz``, or cannot be written.
+    """
     pred = predictions(scores)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npz":
-        np.savez(path, scores=scores, predictions=pred)
-        return
-    if path.suffix != ".csv":
-        raise DataError(f"--out must end in .csv or .npz; got {path.suffix!r}")
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        buffer = io.BytesIO()
+        np.savez(buffer, scores=scores, predictions=pred)
+        data: bytes | str = buffer.getvalue()
+    elif path.suffix == ".csv":
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
         writer.writerow(["prediction", *[f"score_{k}" for k in range(scores.shape[1])]])
         for p, row in zip(pred, scores, strict=True):
             writer.writerow([int(p), *[repr(float(v)) for v in row]])
+        data = text.getvalue()
+    else:
+        raise DataError(f"--out must end in .csv or .npz; got {path.suffix!r}")
+    try:
+        atomic_write(path, data, mode=SCORES_FILE_MODE)
+    except OSError as err:
+        raise DataError(f"--out {str(path)!r} must be writable: {err}") from err
 
 
 __all__ = ["predictions", "read_features", "register", "run_infer", "run_serve", "write_scores"]

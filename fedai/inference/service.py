@@ -1,29 +1,42 @@
 """gRPC service for encrypted inference: tokens, TLS, limits, audit log, health check.
 
 Every Evaluate and ModelInfo call is authenticated with ``authorization: Bearer <token>``
-metadata against a tokens file (one ``<token-id> <token>`` pair per line, ``#`` comments),
-compared in constant time. Every call is appended to a JSONL audit log: time, method, token
-id, layer, rows, outcome, status and reason — never ciphertexts, contexts or tokens.
-Bad requests get a gRPC error status and the server keeps serving.
+metadata against a tokens file (one ``<token-id> <token>`` pair per line, ``#`` comments,
+mode 0600), compared in constant time. Bad requests get a gRPC error status and the server
+keeps serving.
+
+Every call (Health, ModelInfo, Evaluate; unauthenticated, over-limit and failing ones too)
+is written to the JSONL audit log twice, never with ciphertexts, contexts or tokens:
+
+* ``event: "received"`` (request id, method, token id or ``-``, peer, and for Evaluate the
+  layer, rows, features, ciphertext count and byte sizes), written before the model holder
+  sees the request, so a request that kills the process is on record;
+* ``event: "finished"``: the same fields plus outcome (``ok``, ``rejected``, ``dropped``,
+  ``error``), gRPC status, reason and duration.
+
+The handlers are registered as client-streaming on the server side (a unary call looks the
+same on the wire), so a handler starts when the call arrives, before its message is read:
+it authenticates first (no unauthenticated message is read) and it sees the calls whose
+message gRPC drops for exceeding the transport limit (``max_request_bytes`` plus
+:data:`TRANSPORT_MARGIN_BYTES`; those are audited as ``dropped`` and the client gets gRPC's
+RESOURCE_EXHAUSTED). Requests between the two limits reach the service and are refused with
+RESOURCE_EXHAUSTED and their size.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib
-import json
 import logging
-import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fedai.errors import (
     ConfigError,
@@ -32,24 +45,34 @@ from fedai.errors import (
     InferenceError,
     KeyMismatchError,
 )
+from fedai.inference.audit import AuditLog
 from fedai.inference.encoding import Activation, EncryptedBatch, Layout
 from fedai.inference.holder import ModelHolder
+from fedai.inference.tokens import TokenStore
 
-# Generated stubs carry no type information; treat them as Any.
+# Generated messages carry no type information; treat them as Any.
 pb: Any = importlib.import_module("fedai.inference.proto.inference_pb2")
-pb_grpc: Any = importlib.import_module("fedai.inference.proto.inference_pb2_grpc")
 
 logger = logging.getLogger(__name__)
 
-R = TypeVar("R")
-
-MIN_TOKEN_LENGTH = 16
 ANONYMOUS = "-"
+SERVICE_NAME = "fedai.inference.v1.EncryptedInference"
+
+TRANSPORT_MARGIN_BYTES = 2**20
+"""gRPC's receive limit is ``max_request_bytes`` plus this margin: requests up to it reach
+the service and are refused with their size; larger ones are dropped by gRPC unread (so
+memory stays bounded) and audited as ``dropped``."""
 
 LAYOUT_TO_PB = {Layout.ROWS: pb.LAYOUT_ROWS, Layout.COLUMNS: pb.LAYOUT_COLUMNS}
 PB_TO_LAYOUT = {v: k for k, v in LAYOUT_TO_PB.items()}
 ACTIVATION_TO_PB = {Activation.NONE: pb.ACTIVATION_NONE, Activation.RELU: pb.ACTIVATION_RELU}
 PB_TO_ACTIVATION = {v: k for k, v in ACTIVATION_TO_PB.items()}
+
+_MESSAGES: dict[str, tuple[Any, Any]] = {
+    "Health": (pb.HealthRequest, pb.HealthReply),
+    "ModelInfo": (pb.ModelInfoRequest, pb.ModelInfoReply),
+    "Evaluate": (pb.EvaluateRequest, pb.EvaluateReply),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,8 +81,10 @@ class ServiceLimits:
 
     Attributes:
         max_rows: most query rows in one Evaluate request.
-        max_request_bytes: largest serialized Evaluate request accepted (and audited);
-            gRPC itself drops messages more than 1 MiB above this, before any audit.
+        max_request_bytes: largest serialized request accepted. Larger requests are refused
+            with RESOURCE_EXHAUSTED and audited; gRPC itself drops those more than
+            :data:`TRANSPORT_MARGIN_BYTES` above this before they are read (audited as
+            ``dropped``).
     """
 
     max_rows: int = 4096
@@ -74,101 +99,20 @@ class ServiceLimits:
         if problems:
             raise ConfigError(problems)
 
-
-class TokenStore:
-    """Bearer tokens by id; lookup compares SHA-256 digests with :func:`hmac.compare_digest`.
-
-    Args:
-        tokens: mapping token id -> token.
-    """
-
-    def __init__(self, tokens: dict[str, str]) -> None:
-        problems = [
-            f"token {tid!r} must be >= {MIN_TOKEN_LENGTH} characters; got {len(tok)}"
-            for tid, tok in tokens.items()
-            if len(tok) < MIN_TOKEN_LENGTH
-        ]
-        if not tokens:
-            problems.append("tokens file must define at least one token; got none")
-        if problems:
-            raise ConfigError(problems)
-        self._digests = [(tid, _digest(tok)) for tid, tok in tokens.items()]
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TokenStore:
-        """Read ``<token-id> <token>`` lines.
-
-        Raises:
-            ConfigError: unreadable file, malformed line, duplicate id, short token.
-        """
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"tokens file {str(p)!r} must be readable: {err}") from err
-        tokens: dict[str, str] = {}
-        problems = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            fields = stripped.split()
-            if len(fields) != 2:
-                problems.append(
-                    f"{p}:{number} must be '<token-id> <token>'; got {len(fields)} fields"
-                )
-            elif fields[0] in tokens:
-                problems.append(f"{p}:{number} token id {fields[0]!r} must be unique")
-            else:
-                tokens[fields[0]] = fields[1]
-        if problems:
-            raise ConfigError(problems)
-        return cls(tokens)
-
-    def identify(self, token: str) -> str | None:
-        """Return the id of ``token``, or None; every entry is compared (no early exit)."""
-        digest = _digest(token)
-        found = None
-        for tid, ref in self._digests:
-            if hmac.compare_digest(digest, ref):
-                found = tid
-        return found
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
-
-
-class AuditLog:
-    """Append-only JSONL log of requests (never their data). Thread-safe.
-
-    Args:
-        path: file to append to; None keeps no log.
-    """
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._lock = threading.Lock()
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def record(self, **entry: Any) -> None:
-        """Append one entry with a UTC timestamp."""
-        if self.path is None:
-            return
-        line = json.dumps({"time": datetime.now(UTC).isoformat(), **entry}, sort_keys=True)
-        with self._lock, self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
+    @property
+    def transport_bytes(self) -> int:
+        """The receive limit given to gRPC: ``max_request_bytes + TRANSPORT_MARGIN_BYTES``."""
+        return self.max_request_bytes + TRANSPORT_MARGIN_BYTES
 
 
 class _RejectedError(Exception):
     """Internal: a request refused with a gRPC status (carried to the audit log)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, outcome: str = "rejected") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.outcome = outcome
 
 
 _ERROR_CODES: tuple[tuple[type[FedAIError], grpc.StatusCode], ...] = (
@@ -180,6 +124,11 @@ _ERROR_CODES: tuple[tuple[type[FedAIError], grpc.StatusCode], ...] = (
 
 class InferenceServicer:
     """Implements the EncryptedInference service on a :class:`ModelHolder`.
+
+    Each method takes the iterator of raw request messages of a client-streaming handler
+    (see :func:`method_handlers`) and reads exactly one message from it, after
+    authenticating the call; the ``received`` audit entry is written before the model
+    holder is called.
 
     Args:
         holder: the model.
@@ -201,23 +150,25 @@ class InferenceServicer:
         self.audit = audit
         self.limits = limits
 
-    def Health(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """Report SERVING (no token needed)."""
-        return pb.HealthReply(status="SERVING")
+    def Health(  # noqa: N802
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Any:
+        """Report SERVING (no token needed; a valid one is recorded)."""
+        return self._handle(
+            "Health", requests, context, lambda request: pb.HealthReply(status="SERVING")
+        )
 
     def ModelInfo(  # noqa: N802
-        self, request: Any, context: grpc.ServicerContext
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Any:
         """Return layer shapes, accepted CKKS parameters and limits."""
-        return self._handle("ModelInfo", context, lambda token_id, entry: self._info())
+        return self._handle("ModelInfo", requests, context, lambda request: self._info())
 
     def Evaluate(  # noqa: N802
-        self, request: Any, context: grpc.ServicerContext
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Any:
         """Evaluate one layer on encrypted rows."""
-        return self._handle(
-            "Evaluate", context, lambda token_id, entry: self._evaluate(request, entry)
-        )
+        return self._handle("Evaluate", requests, context, self._evaluate)
 
     def _info(self) -> Any:
         p = self.holder.profile
@@ -239,15 +190,7 @@ class InferenceServicer:
             max_request_bytes=self.limits.max_request_bytes,
         )
 
-    def _evaluate(self, request: Any, entry: dict[str, Any]) -> Any:
-        entry.update(layer=request.layer, rows=request.rows, ciphertexts=len(request.ciphertexts))
-        size = request.ByteSize()
-        entry["bytes"] = size
-        if size > self.limits.max_request_bytes:
-            raise _RejectedError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request must be <= {self.limits.max_request_bytes} bytes; got {size}",
-            )
+    def _evaluate(self, request: Any) -> Any:
         if request.rows > self.limits.max_rows:
             raise _RejectedError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -276,16 +219,38 @@ class InferenceServicer:
     def _handle(
         self,
         method: str,
+        requests: Iterator[bytes],
         context: grpc.ServicerContext,
-        work: Callable[[str, dict[str, Any]], R],
-    ) -> R:
+        work: Callable[[Any], Any],
+    ) -> Any:
         start = time.perf_counter()
-        entry: dict[str, Any] = {"method": method, "token_id": ANONYMOUS}
+        entry: dict[str, Any] = {
+            "request_id": uuid.uuid4().hex,
+            "method": method,
+            "token_id": ANONYMOUS,
+            "peer": context.peer(),
+        }
+        refusal: _RejectedError | None = None
+        request: Any = None
         try:
-            entry["token_id"] = self._authenticate(context)
-            reply = work(entry["token_id"], entry)
+            request = self._receive(method, requests, context, entry)
         except _RejectedError as err:
-            self._finish(entry, start, err.code, err.message)
+            refusal = err
+        try:
+            self.audit.record(event="received", **entry)
+        except OSError:
+            logger.exception("audit log unwritable: refusing %s %s", method, entry["request_id"])
+            refusal = _RejectedError(
+                grpc.StatusCode.UNAVAILABLE,
+                "audit log must be writable to serve; see the server log",
+            )
+        if refusal is not None:
+            self._finish(entry, start, refusal.code, refusal.message, outcome=refusal.outcome)
+            _abort(context, refusal.code, refusal.message)
+        try:
+            reply = work(request)
+        except _RejectedError as err:
+            self._finish(entry, start, err.code, err.message, outcome=err.outcome)
             _abort(context, err.code, err.message)
         except FedAIError as err:
             code = next(
@@ -295,14 +260,76 @@ class InferenceServicer:
             self._finish(entry, start, code, str(err))
             _abort(context, code, str(err))
         except Exception:
-            logger.exception("%s failed unexpectedly", method)
+            logger.exception("%s %s failed unexpectedly", method, entry["request_id"])
             message = "internal error; see the server log"
-            self._finish(entry, start, grpc.StatusCode.INTERNAL, message)
+            self._finish(entry, start, grpc.StatusCode.INTERNAL, message, outcome="error")
             _abort(context, grpc.StatusCode.INTERNAL, message)
-        self._finish(entry, start, grpc.StatusCode.OK, None)
+        self._finish(entry, start, grpc.StatusCode.OK, None, outcome="ok")
         return reply
 
-    def _authenticate(self, context: grpc.ServicerContext) -> str:
+    def _receive(
+        self,
+        method: str,
+        requests: Iterator[bytes],
+        context: grpc.ServicerContext,
+        entry: dict[str, Any],
+    ) -> Any:
+        """Authenticate, read and decode the one request message; fill the audit entry."""
+        entry["token_id"] = self._authenticate(context, required=method != "Health")
+        raw = self._read_message(requests, context)
+        entry["bytes"] = len(raw)
+        if len(raw) > self.limits.max_request_bytes:
+            raise _RejectedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request must be <= {self.limits.max_request_bytes} bytes; got {len(raw)}",
+            )
+        try:
+            request = _MESSAGES[method][0].FromString(raw)
+        except DecodeError as err:
+            raise _RejectedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request must be a serialized {method}Request; got undecodable bytes",
+            ) from err
+        if method == "Evaluate":
+            entry.update(
+                layer=request.layer,
+                rows=request.rows,
+                features=request.features,
+                ciphertexts=len(request.ciphertexts),
+                context_bytes=len(request.context),
+            )
+        return request
+
+    def _read_message(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        try:
+            return next(requests)
+        except (StopIteration, grpc.RpcError) as err:
+            # gRPC dropped a message above its limit (the client got RESOURCE_EXHAUSTED), or
+            # the client cancelled or ran out of time before its message arrived.
+            if context.time_remaining() <= 0:
+                raise _RejectedError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "request message must arrive before the deadline; got none",
+                    outcome="dropped",
+                ) from err
+            raise _RejectedError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request message must be <= {self.limits.transport_bytes} bytes to reach the "
+                "service; got none (larger, or the client cancelled)",
+                outcome="dropped",
+            ) from err
+
+    def _authenticate(self, context: grpc.ServicerContext, *, required: bool) -> str:
+        if self.tokens is None:
+            return ANONYMOUS
+        try:
+            return self._identify(context)
+        except _RejectedError:
+            if required:
+                raise
+            return ANONYMOUS
+
+    def _identify(self, context: grpc.ServicerContext) -> str:
         if self.tokens is None:
             return ANONYMOUS
         values = [v for k, v in context.invocation_metadata() if k == "authorization"]
@@ -327,22 +354,66 @@ class InferenceServicer:
         return token_id
 
     def _finish(
-        self, entry: dict[str, Any], start: float, code: grpc.StatusCode, reason: str | None
+        self,
+        entry: dict[str, Any],
+        start: float,
+        code: grpc.StatusCode,
+        reason: str | None,
+        *,
+        outcome: str = "rejected",
     ) -> None:
-        entry.update(
-            outcome="ok" if code is grpc.StatusCode.OK else "rejected",
-            status=code.name,
-            duration_ms=round((time.perf_counter() - start) * 1000, 3),
-        )
+        finished = {
+            **entry,
+            "event": "finished",
+            "outcome": outcome,
+            "status": code.name,
+            "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+        }
         if reason is not None:
-            entry["reason"] = reason
-            logger.info("%s from %s rejected: %s", entry["method"], entry["token_id"], code.name)
-        self.audit.record(**entry)
+            finished["reason"] = reason
+            logger.info(
+                "%s %s from %s %s: %s",
+                entry["method"],
+                entry["request_id"],
+                entry["token_id"],
+                outcome,
+                code.name,
+            )
+        try:
+            self.audit.record(**finished)
+        except OSError:
+            logger.exception("audit log unwritable: %s %s not recorded", entry["method"], outcome)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers by method name, client-streaming on the server side.
+
+    A unary call is one message then half-close on the wire, so the generated unary stubs
+    call these handlers unchanged. The handler runs when the call arrives and reads the raw
+    message itself (no deserializer): it can refuse before reading, and it learns when gRPC
+    drops a message for exceeding ``grpc.max_receive_message_length`` (grpcio never calls a
+    unary handler for such a call, so it could not be audited).
+
+    Args:
+        servicer: the servicer whose Health, ModelInfo and Evaluate methods serve the calls.
+
+    Returns:
+        Method name -> handler, for ``method_handlers_generic_handler`` and
+        ``add_registered_method_handlers``.
+    """
+    return {
+        name: grpc.stream_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=None,
+            response_serializer=reply.SerializeToString,
+        )
+        for name, (_, reply) in _MESSAGES.items()
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -384,12 +455,14 @@ def create_server(
     """
     lim = limits or ServiceLimits()
     options = [
-        ("grpc.max_receive_message_length", lim.max_request_bytes + 2**20),
+        ("grpc.max_receive_message_length", lim.transport_bytes),
         ("grpc.max_send_message_length", -1),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
     servicer = InferenceServicer(holder, tokens=tokens, audit=audit or AuditLog(None), limits=lim)
-    pb_grpc.add_EncryptedInferenceServicer_to_server(servicer, server)
+    handlers = method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     address = f"{host}:{port}"
     try:
         if tls is None:
@@ -411,10 +484,12 @@ def create_server(
 
 
 __all__ = [
+    "TRANSPORT_MARGIN_BYTES",
     "AuditLog",
     "InferenceServicer",
     "ServiceLimits",
     "TlsFiles",
     "TokenStore",
     "create_server",
+    "method_handlers",
 ]

@@ -1,10 +1,14 @@
 # ruff: noqa: S105, S106  (test tokens are fixtures, not secrets)
 """Encrypted inference end to end: real TenSEAL, real gRPC on 127.0.0.1, real CLI."""
 
+import contextlib
 import json
+import os
+import select
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -229,51 +233,207 @@ def test_audit_log_records_outcomes_and_no_data(server, digits):
     # Assert
     text = audit_path.read_text(encoding="utf-8")
     entries = [json.loads(line) for line in text.splitlines()]
-    assert {"time", "method", "token_id", "outcome", "status"} <= set(entries[-1])
-    assert entries[-1]["outcome"] == "rejected"
+    last = entries[-1]
+    assert {"time", "request_id", "event", "method", "token_id", "peer"} <= set(last)
+    assert (last["event"], last["outcome"], last["status"]) == (
+        "finished",
+        "rejected",
+        "PERMISSION_DENIED",
+    )
+    assert entries[-2]["request_id"] == last["request_id"]
+    assert entries[-2]["event"] == "received"
     assert any(
-        e["outcome"] == "ok" and e.get("rows") == 3 and e["token_id"] == "alice" for e in entries
+        e["event"] == "finished"
+        and e["outcome"] == "ok"
+        and e.get("rows") == 3
+        and e["token_id"] == "alice"
+        for e in entries
     )
     assert TOKEN not in text
     assert "another-wrong-token" not in text
     assert max(len(line) for line in text.splitlines()) < 1000  # no ciphertext or context
+    assert audit_path.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.fixture
+def umask_022():
+    """Run under umask 022 (inherited by subprocesses), so 0600 proves fedai forced it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@contextlib.contextmanager
+def _fedai_serve(*args, startup_timeout=120.0):
+    """Run ``fedai serve ARGS --port 0`` and yield ``(process, "127.0.0.1:PORT")``.
+
+    Waits at most ``startup_timeout`` seconds for the listening line; always stops the
+    process it started (terminate, then kill) by its own handle.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedai.cli", "serve", "--port", "0", *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], startup_timeout)
+        assert ready, f"fedai serve printed nothing within {startup_timeout} s"
+        line = proc.stdout.readline()
+        assert line.startswith("fedai serve: listening on 127.0.0.1:"), line
+        yield proc, f"127.0.0.1:{line.strip().rsplit(':', 1)[1]}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+def _audited_calls(path, count, timeout=10.0):
+    """Wait (bounded) for ``count`` finished calls in the audit log; return {id: entries}.
+
+    A request gRPC drops as too large is answered by gRPC before the handler audits it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        calls = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            calls.setdefault(entry["request_id"], []).append(entry)
+        if sum(c[-1]["event"] == "finished" for c in calls.values()) >= count:
+            return calls
+        assert time.monotonic() < deadline, f"{count} finished calls not audited: {calls}"
+        time.sleep(0.05)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_cli_serve_audits_health_and_over_limit_requests(logreg_dir, tmp_path):
+    # Arrange: 1 MiB limit, so gRPC's own limit is 2 MiB.
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"cli {TOKEN}\n", encoding="utf-8")
+    tokens.chmod(0o600)
+    audit_path = tmp_path / "audit.jsonl"
+    context = Querier().public_context()
+
+    def oversize(size):
+        return EncryptedBatch(layout=Layout.ROWS, rows=1, features=64, ciphertexts=(b"c" * size,))
+
+    with _fedai_serve(
+        "--model", logreg_dir, "--tokens", tokens, "--audit-log", audit_path, "--max-request-mib", 1
+    ) as (_, target):
+        # Act
+        with InferenceClient(target, token=TOKEN, timeout=30) as client:
+            health = client.health()
+            with pytest.raises(RemoteInferenceError, match=r"RESOURCE_EXHAUSTED: request must be"):
+                client.evaluate(0, context, oversize(3 * 2**19))
+            with pytest.raises(
+                RemoteInferenceError, match=r"RESOURCE_EXHAUSTED: .*larger than max"
+            ):
+                client.evaluate(0, context, oversize(3 * 2**20))
+        calls = _audited_calls(audit_path, 3)
+    # Assert
+    assert health == "SERVING"
+    assert audit_path.stat().st_mode & 0o777 == 0o600
+    finished = sorted((c[-1] for c in calls.values()), key=lambda e: e["outcome"])
+    assert all([e["event"] for e in c] == ["received", "finished"] for c in calls.values())
+    assert [(e["method"], e["outcome"], e["status"]) for e in finished] == [
+        ("Evaluate", "dropped", "RESOURCE_EXHAUSTED"),
+        ("Health", "ok", "OK"),
+        ("Evaluate", "rejected", "RESOURCE_EXHAUSTED"),
+    ]
+    assert finished[2]["bytes"] > 2**20
+    assert all(e["token_id"] == "cli" for e in finished)
+
+
+def test_tokens_file_readable_by_others_stops_fedai_serve(logreg_dir, tmp_path, capsys):
+    # Arrange
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"cli {TOKEN}\n", encoding="utf-8")
+    tokens.chmod(0o644)
+    # Act
+    code = cli.main(["serve", "--model", str(logreg_dir), "--port", "0", "--tokens", str(tokens)])
+    # Assert
+    assert code == 2  # ConfigError: a usage error
+    assert "must not be readable or writable by group or others (chmod 600); got 0644" in (
+        capsys.readouterr().err
+    )
+
+
+CRASHING_SERVER = """
+import os, sys
+from fedai.inference.encoding import DEFAULT_PROFILE, Activation, LayerInfo
+from fedai.inference.service import AuditLog, create_server
+
+class CrashingHolder:
+    layers = (None,)
+    infos = (LayerInfo(in_features=64, out_features=10, activation=Activation.NONE),)
+    profile = DEFAULT_PROFILE
+
+    def evaluate(self, layer, context, batch):
+        os._exit(17)  # what a native crash in the holder looks like from outside
+
+server, port = create_server(CrashingHolder(), audit=AuditLog(sys.argv[1]))
+print(port, flush=True)
+server.wait_for_termination(timeout=120)
+"""
+
+
+def test_request_that_kills_the_server_is_on_record(tmp_path):
+    # Arrange
+    audit_path = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_SERVER, str(audit_path)], stdout=subprocess.PIPE, text=True
+    )
+    batch = EncryptedBatch(layout=Layout.ROWS, rows=2, features=64, ciphertexts=(b"ct",))
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "crashing server did not start"
+        port = proc.stdout.readline().strip()
+        # Act
+        with (
+            InferenceClient(f"127.0.0.1:{port}", timeout=30) as client,
+            pytest.raises(RemoteInferenceError, match="UNAVAILABLE"),
+        ):
+            client.evaluate(3, b"context", batch)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+    # Assert
+    (entry,) = [json.loads(line) for line in audit_path.read_text(encoding="utf-8").splitlines()]
+    assert code == 17
+    assert (entry["event"], entry["method"], entry["layer"], entry["rows"]) == (
+        "received",
+        "Evaluate",
+        3,
+        2,
+    )
+    assert entry["context_bytes"] == len(b"context")
+
+
+@pytest.mark.usefixtures("umask_022")
 def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path):
     # Arrange
     _, _, x_test = digits
     x = x_test[:40]
     np.savez(tmp_path / "in.npz", x=x)
     (tmp_path / "tokens").write_text(f"cli {TOKEN}\n", encoding="utf-8")
+    (tmp_path / "tokens").chmod(0o600)
     (tmp_path / "token").write_text(TOKEN + "\n", encoding="utf-8")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fedai.cli",
-            "serve",
-            "--model",
-            str(mlp_dir),
-            "--port",
-            "0",
-            "--tokens",
-            str(tmp_path / "tokens"),
-            "--audit-log",
-            str(tmp_path / "audit.jsonl"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("fedai serve: listening on 127.0.0.1:")
-        port = line.strip().rsplit(":", 1)[1]
+    serve_args = ("--model", mlp_dir, "--tokens", tmp_path / "tokens")
+    with _fedai_serve(*serve_args, "--audit-log", tmp_path / "audit.jsonl") as (_, target):
         # Act
         code = cli.main(
             [
                 "infer",
                 "--server",
-                f"127.0.0.1:{port}",
+                target,
                 "--input",
                 str(tmp_path / "in.npz"),
                 "--out",
@@ -286,16 +446,13 @@ def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path):
             [
                 "infer",
                 "--server",
-                f"127.0.0.1:{port}",
+                target,
                 "--input",
                 str(tmp_path / "in.npz"),
                 "--out",
                 str(tmp_path / "bad.npz"),
             ]
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     # Assert
     plain = ModelHolder.from_path(mlp_dir).predict_plain(x)
     out = np.load(tmp_path / "out.npz")
@@ -303,3 +460,5 @@ def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path):
     assert refused == 1
     assert np.mean(out["predictions"] == plain.argmax(1)) >= 0.975
     assert np.abs(out["scores"] - plain).max() <= 1e-2
+    assert (tmp_path / "out.npz").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o777 == 0o600

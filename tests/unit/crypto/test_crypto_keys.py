@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,46 @@ def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_both_bundles_written_with_mode_0600(key_dir: Path) -> None:
     for name in (CLIENT_BUNDLE, COORDINATOR_BUNDLE):
         assert (key_dir / name).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """Run under umask 022, so a 0700 directory proves fedai forced the mode."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_created_key_directory_is_0700(tmp_path: Path) -> None:
+    out = tmp_path / "missing-parent" / "keys"
+
+    create_keys(out)
+
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "missing-parent").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_cli_created_key_directory_is_0700(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+
+    assert main(["keys", "create", "--out", str(out)]) == 0
+
+    assert out.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_existing_key_directory_keeps_its_mode(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    out.mkdir(mode=0o750)
+
+    create_keys(out)
+
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert (out / CLIENT_BUNDLE).stat().st_mode & 0o777 == 0o600
 
 
 def test_coordinator_bundle_holds_no_key_at_all(key_dir: Path) -> None:
