@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -28,20 +29,24 @@ from fedai.aggregation import ClientCodec
 from fedai.config import ExperimentConfig, SecureAggregationSection
 from fedai.data import ClientData, load_client, load_local_file
 from fedai.errors import (
+    ConfigError,
     CorruptPayloadError,
     KeyMismatchError,
+    PolicyViolationError,
     PrivacyBudgetExceededError,
     ProtocolError,
 )
 from fedai.federation import keys
 from fedai.federation.records import payload_to_record, record_to_payload
 from fedai.models import ModelSpec, build_model, get_weights, set_weights
+from fedai.policy import NodePolicy
 from fedai.schemes import client_codec
 from fedai.training import evaluate, train_local
 
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
+Handler = Callable[[Message, Context], Message]
 
 
 # ---------------------------------------------------------------------- node helpers
@@ -90,9 +95,35 @@ def _codec(section: SecureAggregationSection, key_dir: str | None) -> ClientCode
 
 
 def codec_of(context: Context, cfg: ExperimentConfig) -> ClientCodec:
-    """The scheme's client codec; a node's ``key-dir`` overrides the config's."""
-    key_dir = context.node_config.get(keys.NODE_KEY_DIR)
-    return _codec(cfg.secure_aggregation, str(key_dir) if key_dir else None)
+    """The scheme's client codec; a node's ``key-dir`` overrides the config's.
+
+    A real node (one with its own ``data-path``) never opens a key directory the
+    coordinator names: without its own ``key-dir`` it can only run ``scheme = "none"``.
+
+    Raises:
+        ConfigError: a real node without ``key-dir`` asked for a secure scheme.
+    """
+    policy = policy_of(context)
+    section = cfg.secure_aggregation
+    if policy.key_dir is None and policy.own_data and section.scheme != "none":
+        raise ConfigError(
+            f"node_config must set {keys.NODE_KEY_DIR!r} for secure_aggregation.scheme "
+            f"{section.scheme!r}; a node with its own data never opens the coordinator's "
+            "key_dir"
+        )
+    if policy.own_data:
+        section = dataclasses.replace(section, key_dir="")
+    return _codec(section, policy.key_dir)
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(items: tuple[tuple[str, str], ...]) -> NodePolicy:
+    return NodePolicy.from_node_config(dict(items))
+
+
+def policy_of(context: Context) -> NodePolicy:
+    """The node's own policy, from its ``node_config`` (see :mod:`fedai.policy`)."""
+    return _policy(tuple(sorted((k, str(v)) for k, v in context.node_config.items())))
 
 
 def round_seed(cfg: ExperimentConfig, client_id: str, round_: int) -> int:
@@ -189,6 +220,30 @@ def reject(msg: Message, client_id: str, err: Exception) -> Message:
     )
 
 
+def guarded(stage: str) -> Callable[[Handler], Handler]:
+    """Turn any error of a handler into a reply that names only its kind.
+
+    Errors may quote the node's data (a file's header, a cell, a key file's bytes) or its
+    paths; they go to the node's own log in full, and the coordinator gets the stage and
+    the error type. The process keeps serving.
+    """
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def run(msg: Message, context: Context) -> Message:
+            try:
+                return handler(msg, context)
+            except Exception as err:
+                cid = client_id_of(context)
+                logger.warning("client %s: %s failed: %s: %s", cid, stage, type(err).__name__, err)
+                reason = f"{stage} failed: {type(err).__name__} (details in the node's log)"
+                return status_reply(msg, keys.STATUS_FAILED, reason, cid)
+
+        return run
+
+    return wrap
+
+
 def status_reply(msg: Message, status: str, reason: str, client_id: str) -> Message:
     """A reply that carries only a status (refused / rejected) and its reason."""
     return Message(
@@ -209,6 +264,7 @@ def status_reply(msg: Message, status: str, reason: str, client_id: str) -> Mess
 
 # ---------------------------------------------------------------------- handlers
 @app.query()
+@guarded("discovery")
 def hello(msg: Message, context: Context) -> Message:
     """Discovery: report identity and data shape (never the data)."""
     cfg = experiment_of(msg)
@@ -232,6 +288,7 @@ def hello(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@guarded("train")
 def train(msg: Message, context: Context) -> Message:
     """Decode the global model, train locally (DP-SGD if configured), reply encoded.
 
@@ -240,9 +297,15 @@ def train(msg: Message, context: Context) -> Message:
     """
     cfg = experiment_of(msg)
     cid = client_id_of(context)
+    config = msg.content.config_records[keys.REC_CONFIG]
+    policy = policy_of(context)
+    num_sampled = int(config.get(keys.KEY_NUM_SAMPLED, 1))  # type: ignore[arg-type]
+    refused = policy.violations(cfg, num_sampled=num_sampled)
+    if refused:
+        logger.warning("client %s refuses the round: %s", cid, "; ".join(refused))
+        return status_reply(msg, keys.STATUS_REFUSED, "; ".join(refused), cid)
     data = data_of(context, cfg)
     codec = codec_of(context, cfg)
-    config = msg.content.config_records[keys.REC_CONFIG]
     round_ = int(config[keys.KEY_SERVER_ROUND])  # type: ignore[arg-type]
     spec = spec_of(msg, cfg, data)
     try:
@@ -260,10 +323,17 @@ def train(msg: Message, context: Context) -> Message:
         weights, weight = get_weights(model), float(n)
     else:
         store = LedgerStore(context, cid)
-        ledger = store.open(cfg, num_samples=n)
+        ledger = store.open(
+            cfg, num_samples=n, budget_epsilon=policy.budget(cfg.privacy.budget_epsilon)
+        )
         global_weights = get_weights(model)
         try:
-            loss, sigma = train_private(model, data, cfg, ledger=ledger, round_=round_)
+            loss, sigma = train_private(
+                model, data, cfg, ledger=ledger, round_=round_, policy=policy
+            )
+        except PolicyViolationError as err:  # the ledger is left as it was
+            logger.warning("client %s refuses the round: %s", cid, err)
+            return status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
         except PrivacyBudgetExceededError as err:
             store.save(ledger)  # persist the exhausted mark with the unchanged history
             reply = status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
@@ -275,19 +345,19 @@ def train(msg: Message, context: Context) -> Message:
         fedai_rec[keys.KEY_PRIVACY] = privacy_report(ledger, noise_multiplier=sigma)
         weights, weight = get_weights(model), float(n)
         if cfg.privacy.mode == "local+user":
-            num_sampled = int(config.get(keys.KEY_NUM_SAMPLED, 1))  # type: ignore[arg-type]
             weights, _info = user_level_contribution(
                 global_weights, weights, cfg, num_sampled=num_sampled
             )
             weight = 1.0  # an example-count weight would multiply the sensitivity
     payload = codec.encode(weights, weight)
+    metrics: dict[str, int | float | list[int] | list[float]] = {keys.KEY_NUM_EXAMPLES: weight}
+    if cfg.privacy.mode == "none":  # under DP the raw training loss is not released
+        metrics[keys.KEY_TRAIN_LOSS] = loss
     return Message(
         RecordDict(
             {
                 keys.REC_ARRAYS: payload_to_record(payload),
-                keys.REC_METRICS: MetricRecord(
-                    {keys.KEY_NUM_EXAMPLES: weight, keys.KEY_TRAIN_LOSS: loss}
-                ),
+                keys.REC_METRICS: MetricRecord(metrics),
                 keys.REC_FEDAI: ConfigRecord(fedai_rec),  # type: ignore[arg-type]
             }
         ),
@@ -296,10 +366,14 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@guarded("evaluate")
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Decode the candidate aggregate, bounds-check it, evaluate on the local test split."""
     cfg = experiment_of(msg)
     cid = client_id_of(context)
+    refused = policy_of(context).violations(cfg)
+    if refused:
+        return status_reply(msg, keys.STATUS_FAILED, "; ".join(refused), cid)
     data = data_of(context, cfg)
     spec = spec_of(msg, cfg, data)
     try:

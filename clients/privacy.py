@@ -21,9 +21,11 @@ from torch import nn
 
 from fedai.config import ExperimentConfig
 from fedai.data import ClientData
+from fedai.errors import PolicyViolationError
 from fedai.federation import keys
+from fedai.policy import NodePolicy
 from fedai.privacy.accounting import resolve_delta
-from fedai.privacy.dpsgd import private_round
+from fedai.privacy.dpsgd import planned_event, private_round
 from fedai.privacy.ledger import PrivacyLedger
 from fedai.privacy.plan import client_noise_multiplier
 from fedai.privacy.user_level import clip_and_noise
@@ -49,8 +51,14 @@ class LedgerStore:
             Path(str(state_dir)) / LEDGER_FILE.format(client_id=client_id) if state_dir else None
         )
 
-    def open(self, cfg: ExperimentConfig, *, num_samples: int) -> PrivacyLedger:
-        """Return the client's ledger (continued, never reset) under the current settings."""
+    def open(
+        self, cfg: ExperimentConfig, *, num_samples: int, budget_epsilon: float | None
+    ) -> PrivacyLedger:
+        """Return the client's ledger (continued, never reset) under the current settings.
+
+        ``budget_epsilon`` is the budget to apply (the node policy's narrowing of the
+        coordinator's ``privacy.budget_epsilon``).
+        """
         p = cfg.privacy
         delta = resolve_delta(p.delta, num_samples=num_samples)
         if self.path is not None:
@@ -59,7 +67,7 @@ class LedgerStore:
                 client_id=self.client_id,
                 delta=delta,
                 accountant=p.accountant,
-                budget_epsilon=p.budget_epsilon,
+                budget_epsilon=budget_epsilon,
             )
         record = self.context.state.config_records.get(STATE_LEDGER)
         if record is None:
@@ -67,14 +75,14 @@ class LedgerStore:
                 client_id=self.client_id,
                 delta=delta,
                 accountant=p.accountant,
-                budget_epsilon=p.budget_epsilon,
+                budget_epsilon=budget_epsilon,
             )
         stored = PrivacyLedger.from_json(str(record["json"]), source="Context.state ledger")
         return PrivacyLedger(
             client_id=self.client_id,
             delta=delta,
             accountant=p.accountant,
-            budget_epsilon=p.budget_epsilon,
+            budget_epsilon=budget_epsilon,
             entries=stored.entries,
             exhausted=stored.exhausted,
         )
@@ -113,6 +121,7 @@ def train_private(
     *,
     ledger: PrivacyLedger,
     round_: int,
+    policy: NodePolicy | None = None,
 ) -> tuple[float, float]:
     """One DP-SGD round on ``model`` (in place); returns (mean loss, sigma used).
 
@@ -121,6 +130,8 @@ def train_private(
     rebuild every batch (no amplification by subsampling) or subtract the noise.
 
     Raises:
+        PolicyViolationError: before training, if sigma is below the node policy's floor
+            or the round would add more epsilon than the policy allows per round.
         PrivacyBudgetExceededError: before training, if the round would pass the budget.
     """
     t = cfg.train
@@ -133,6 +144,20 @@ def train_private(
         rounds=cfg.experiment.rounds,
         delta=ledger.delta,
     )
+    if policy is not None:
+        reason = policy.sigma_violation(sigma) or policy.round_epsilon_violation(
+            ledger.projected_epsilon(
+                planned_event(
+                    noise_multiplier=sigma,
+                    num_samples=n,
+                    batch_size=t.batch_size,
+                    epochs=t.local_epochs,
+                )
+            )
+            - ledger.epsilon()
+        )
+        if reason is not None:
+            raise PolicyViolationError(reason)
     loader = make_loader(data.x_train, data.y_train, batch_size=t.batch_size, shuffle=False)
     result, entry = private_round(
         model,

@@ -41,6 +41,10 @@ class PrivacyBudgetExceededError(FedAIError):
     """Training one more round would push a client's epsilon past its budget."""
 
 
+class PolicyViolationError(FedAIError):
+    """The coordinator asked a node for more than the node's own policy allows."""
+
+
 class LedgerError(FedAIError):
     """A stored privacy ledger / accountant history is unreadable or inconsistent."""
 
@@ -94,6 +98,7 @@ __all__ = [
     "LedgerError",
     "ModelError",
     "PartitionError",
+    "PolicyViolationError",
     "PrivacyBudgetExceededError",
     "ProtocolError",
 ]

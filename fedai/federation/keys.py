@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from fedai import policy
+
 # Message types (Flower categories).
 MSG_QUERY: Final = "query"
 MSG_TRAIN: Final = "train"
@@ -41,11 +43,13 @@ KEY_PRIVACY: Final = "fedai.privacy"  # JSON: the client's privacy report (epsil
 STATUS_OK: Final = "ok"
 STATUS_REFUSED: Final = "refused"  # the client will not train (privacy budget exhausted)
 STATUS_REJECTED: Final = "rejected"  # the client rejected the aggregate (bounds check)
+STATUS_FAILED: Final = "failed"  # the client could not serve the request (reason: kind only)
 
 # node_config keys (set by Flower in simulation, by the operator on a real SuperNode).
 NODE_PARTITION_ID: Final = "partition-id"
 NODE_NUM_PARTITIONS: Final = "num-partitions"
-NODE_DATA_PATH: Final = "data-path"
 NODE_CLIENT_ID: Final = "client-id"
-NODE_STATE_DIR: Final = "state-dir"
-NODE_KEY_DIR: Final = "key-dir"
+# The node's own data, ledger and keys are part of its policy (fedai.policy).
+NODE_DATA_PATH: Final = policy.NODE_DATA_PATH
+NODE_STATE_DIR: Final = policy.NODE_STATE_DIR
+NODE_KEY_DIR: Final = policy.NODE_KEY_DIR
