@@ -34,6 +34,7 @@ PrivacyMode = Literal["none", "local", "local+user"]
 AccountantName = Literal["rdp", "prv"]
 GradSampleMode = Literal["hooks", "ew", "ghost", "fused"]
 SecureScheme = Literal["none", "ckks", "paillier"]
+ClientSampling = Literal["poisson", "fixed"]
 OptimizerName = Literal["sgd", "adam"]
 
 
@@ -183,6 +184,16 @@ class PrivacySection:
     client for the planned rounds. ``local+user`` additionally clips each client's whole
     update to ``user_clipping_norm`` and adds distributed Gaussian noise so that the sum
     carries ``user_noise_multiplier * user_clipping_norm``.
+
+    ``client_sampling`` (``local+user`` only) is how the coordinator picks a round's
+    clients, and the user-level epsilon is accounted for exactly that sampling:
+    ``poisson`` (the default) lets every client join each round independently with
+    probability ``clients_per_round / num_clients``; ``fixed`` draws exactly
+    ``clients_per_round`` (accounted under the replace-one relation, a much larger
+    epsilon). Both draw from OS entropy, never from ``experiment.seed``: amplification by
+    sampling needs a sample the adversary cannot recompute. Other modes sample exactly
+    ``clients_per_round`` from the seed (bit-reproducible), so setting the key there is an
+    error. See :mod:`fedai.privacy.client_sampling`.
     """
 
     mode: PrivacyMode = "none"
@@ -196,6 +207,14 @@ class PrivacySection:
     secure_mode: bool = False
     user_clipping_norm: float = 1.0
     user_noise_multiplier: float = 1.0
+    client_sampling: ClientSampling | None = None  # local+user only; None = "poisson"
+
+    @property
+    def user_client_sampling(self) -> ClientSampling | None:
+        """The client sampling user-level DP runs and accounts; None outside ``local+user``."""
+        if self.mode != "local+user":
+            return None
+        return self.client_sampling or "poisson"
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
@@ -221,6 +240,12 @@ class PrivacySection:
         out += _problems_range(
             "privacy.user_noise_multiplier", self.user_noise_multiplier, 0, None, lo_open=True
         )
+        if self.client_sampling is not None and self.mode != "local+user":
+            out.append(
+                "privacy.client_sampling applies only when privacy.mode is 'local+user' "
+                "(other modes sample exactly clients_per_round from experiment.seed); got "
+                f"client_sampling={self.client_sampling!r} with mode {self.mode!r}"
+            )
         if self.mode != "none" and (self.noise_multiplier is None) == (self.target_epsilon is None):
             out.append(
                 "privacy: exactly one of privacy.noise_multiplier and "

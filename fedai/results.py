@@ -27,7 +27,9 @@ class RoundRecord:
     accuracy: float | None
     loss: float | None
     seconds: float
-    status: str = "ok"  # "ok" | "failed" (aggregate discarded, previous model kept)
+    # "ok" | "failed" (aggregate discarded, previous model kept) | "skipped" (Poisson
+    # client sampling drew nobody; nothing trained, previous model kept)
+    status: str = "ok"
     reason: str = ""
     sampled: list[str] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
@@ -62,7 +64,8 @@ class RunSummary:
             "loss": last.loss if last else None,
             "seconds": round(self.seconds, 3),
             "rounds_completed": len(ok),
-            "rounds_failed": sum(r.status != "ok" for r in self.rounds),
+            "rounds_failed": sum(r.status == "failed" for r in self.rounds),
+            "rounds_skipped": sum(r.status == "skipped" for r in self.rounds),
         }
 
     def to_dict(self) -> dict[str, Any]:

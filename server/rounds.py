@@ -2,7 +2,8 @@
 
 fedai drives rounds itself instead of calling ``Strategy.start`` because it needs what
 that loop cannot give: client identities that survive restarts (for the privacy ledger),
-deterministic sampling by client id (same sample under every backend), skipping clients
+deterministic sampling by client id (same sample under every backend) or, under user-level
+DP, secret sampling from OS entropy that its accounting matches, skipping clients
 whose privacy budget is spent, ending the run when nobody can train, a global model that
 stays encrypted, and discarding a round whose aggregate fails the clients' bounds check.
 Aggregation itself is the :class:`~fedai.aggregation.SecureSum` seam: FedAvg in the clear,
@@ -30,8 +31,13 @@ from fedai.errors import ContributionError, ProtocolError
 from fedai.federation import keys
 from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
 from fedai.models import ModelSpec, build_model
-from fedai.privacy.accounting import DEFAULT_DELTA
-from fedai.privacy.user_level import effective_noise_multiplier, user_level_epsilon_of_rounds
+from fedai.privacy.accounting import resolve_user_delta
+from fedai.privacy.client_sampling import (
+    UserLevelAccountant,
+    UserLevelRound,
+    fixed_size_sample,
+    poisson_sample,
+)
 from fedai.results import RoundRecord, RunSummary
 
 logger = logging.getLogger(__name__)
@@ -82,6 +88,7 @@ class FederatedRun:
         on_round: RoundCallback | None = None,
         timeout: float = 3600.0,
         discovery_timeout: float = 120.0,
+        rng_factory: Callable[[], np.random.Generator] = np.random.default_rng,
     ) -> None:
         self.cfg = cfg
         self.grid = grid
@@ -92,7 +99,20 @@ class FederatedRun:
         self._config_json = cfg.to_json()
         self._shared: dict[str, bool | int | float | str] = {}
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
-        self._user_sigmas: list[float] = []  # sigma each round's sum carried (local+user)
+        # User-level DP: the sample comes from a fresh generator per round, by default
+        # seeded from OS entropy (never experiment.seed); tests inject seeded ones.
+        self._rng_factory = rng_factory
+        self._user_accountant: UserLevelAccountant | None = None
+        sampling = cfg.privacy.user_client_sampling
+        if sampling is not None:
+            e = cfg.experiment
+            self._user_accountant = UserLevelAccountant(
+                client_sampling=sampling,
+                delta=resolve_user_delta(cfg.privacy.delta, population=e.num_clients),
+                population=e.num_clients,
+                clients_per_round=e.clients_per_round,
+                coordinator_sees_updates=cfg.secure_aggregation.scheme == "none",
+            )
         self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
         self.excluded: dict[str, str] = {}  # "node <id>" -> why discovery left it out
 
@@ -252,13 +272,38 @@ class FederatedRun:
             clients[nid] = info
 
     # ------------------------------------------------------------------ sampling
+    @staticmethod
+    def able(clients: dict[int, ClientInfo]) -> list[ClientInfo]:
+        """The clients that may be sampled (budget not exhausted), by client id."""
+        return sorted((c for c in clients.values() if not c.exhausted), key=lambda c: c.client_id)
+
     def sample(self, clients: dict[int, ClientInfo], round_: int) -> list[int]:
-        """Pick this round's clients deterministically from the seed, by client id."""
-        able = sorted((c for c in clients.values() if not c.exhausted), key=lambda c: c.client_id)
-        k = min(self.cfg.experiment.clients_per_round, len(able))
-        rng = np.random.default_rng([self.cfg.experiment.seed, round_])
-        picked = rng.choice(len(able), size=k, replace=False) if k < len(able) else range(k)
-        return [able[i].node_id for i in sorted(int(j) for j in picked)]
+        """Pick this round's clients (node ids) among the :meth:`able` ones.
+
+        Without user-level DP: exactly ``clients_per_round``, deterministically from
+        ``experiment.seed`` and the round, by client id (the same sample under every
+        backend; non-DP runs are bit-reproducible). With user-level DP the accounting
+        assumes nobody can recompute the sample, so it is drawn from
+        ``self._rng_factory()`` (a fresh OS-entropy generator) as
+        ``privacy.client_sampling`` says: ``poisson`` (each client joins with probability
+        ``clients_per_round / num_clients``; possibly nobody) or ``fixed``.
+        """
+        able = self.able(clients)
+        e = self.cfg.experiment
+        sampling = self.cfg.privacy.user_client_sampling
+        picked: list[int]
+        if sampling == "poisson":
+            q = e.clients_per_round / e.num_clients
+            picked = poisson_sample(len(able), sample_rate=q, rng=self._rng_factory())
+        elif sampling == "fixed":
+            size = e.clients_per_round
+            picked = fixed_size_sample(len(able), sample_size=size, rng=self._rng_factory())
+        else:
+            k = min(e.clients_per_round, len(able))
+            rng = np.random.default_rng([e.seed, round_])
+            chosen = rng.choice(len(able), size=k, replace=False) if k < len(able) else range(k)
+            picked = sorted(int(j) for j in chosen)
+        return [able[i].node_id for i in picked]
 
     # ------------------------------------------------------------------ the loop
     def execute(self) -> RunOutcome:
@@ -282,13 +327,14 @@ class FederatedRun:
         for round_ in range(1, self.cfg.experiment.rounds + 1):
             t0 = time.perf_counter()
             self.refresh(clients)
-            sampled = self.sample(clients, round_)
-            if not sampled:
+            population = len(self.able(clients))
+            if not population:
                 summary.stop_reason = (
                     "no client can train: every client's privacy budget is exhausted"
                 )
                 logger.warning("stopping before round %d: %s", round_, summary.stop_reason)
                 break
+            sampled = self.sample(clients, round_)
             record = RoundRecord(
                 round=round_,
                 accuracy=None,
@@ -296,14 +342,21 @@ class FederatedRun:
                 seconds=0.0,
                 sampled=[clients[n].client_id for n in sampled],
             )
-            new = self._train_round(clients, sampled, round_, payload, total_weight, record)
-            if new is not None:
-                cand_payload, cand_weight = new
-                accepted = self._evaluate_round(clients, round_, cand_payload, cand_weight, record)
-                if accepted:
-                    payload, total_weight = cand_payload, cand_weight
+            if not sampled:  # Poisson client sampling drew nobody
+                record.status = "skipped"
+                record.reason = "Poisson client sampling drew no client this round"
+                logger.info("round %d skipped: %s", round_, record.reason)
+            else:
+                new = self._train_round(clients, sampled, round_, payload, total_weight, record)
+                if new is not None:
+                    cand_payload, cand_weight = new
+                    accepted = self._evaluate_round(
+                        clients, round_, cand_payload, cand_weight, record
+                    )
+                    if accepted:
+                        payload, total_weight = cand_payload, cand_weight
             if self.cfg.privacy.mode != "none":
-                record.privacy = self._privacy_view(record)
+                record.privacy = self._privacy_view(record, population=population)
             record.seconds = time.perf_counter() - t0
             summary.rounds.append(record)
             if self.on_round:
@@ -320,38 +373,51 @@ class FederatedRun:
         summary.excluded = dict(self.excluded)
         return RunOutcome(summary, spec, payload, total_weight, clients)
 
-    def _privacy_view(self, record: RoundRecord) -> dict[str, Any]:
-        """The coordinator's ledger after a round: every client's cumulative epsilon."""
+    def _privacy_view(self, record: RoundRecord, *, population: int) -> dict[str, Any]:
+        """The coordinator's ledger after a round: every client's cumulative epsilon.
+
+        Under user-level DP it also accounts the round just run (``population`` clients
+        could be drawn) and reports both user-level figures (see
+        :class:`~fedai.privacy.client_sampling.UserLevelAccountant`). The ``sampled`` and
+        ``trained`` lists stay in the round record: the coordinator knows participation
+        anyway, and the sample-level reports (one history entry per round trained) would
+        reveal it regardless; so ``results.json`` is the coordinator's record, and its
+        holder is the party the participation-known figure is for.
+        """
         p = self.cfg.privacy
         view: dict[str, Any] = {
             "clients": {cid: dict(r) for cid, r in sorted(self._privacy_reports.items())}
         }
         eps = [r["epsilon"] for r in self._privacy_reports.values()]
         view["max_epsilon"] = max(eps) if eps else 0.0
-        if p.mode == "local+user" and record.trained:
-            self._user_sigmas.append(
-                effective_noise_multiplier(
+        accountant, sampling = self._user_accountant, p.user_client_sampling
+        if accountant is not None and sampling is not None:
+            e = self.cfg.experiment
+            accountant.compose(
+                UserLevelRound.observed(
+                    round=record.round,
+                    client_sampling=sampling,
                     noise_multiplier=p.user_noise_multiplier,
-                    expected_clients=len(record.sampled),
-                    actual_clients=len(record.trained),
-                )
-            )
-        if p.mode == "local+user":
-            delta = p.delta if p.delta is not None else DEFAULT_DELTA
-            view["user_level"] = {
-                "epsilon": user_level_epsilon_of_rounds(
-                    population=self.cfg.experiment.num_clients,
-                    clients_per_round=self.cfg.experiment.clients_per_round,
-                    noise_multipliers=self._user_sigmas,
-                    delta=delta,
-                    accountant="rdp",
+                    sample_rate=e.clients_per_round / e.num_clients,
+                    population=population,
+                    sampled=len(record.sampled),
+                    contributed=len(record.trained),
                 ),
-                "delta": delta,
-                "accountant": "rdp",
-                "noise_multipliers": list(self._user_sigmas),
-                "sample_rate": self.cfg.experiment.clients_per_round
-                / self.cfg.experiment.num_clients,
-            }
+                participants=record.trained,
+            )
+            view["user_level"] = accountant.report()
+            user = view["user_level"]
+            logger.info(
+                "round %d user-level epsilon %.3f against outsiders (%s sampling), %.3f "
+                "with participation known (delta %g, sigma %.3f, C %g)",
+                record.round,
+                user["epsilon"],
+                sampling,
+                user["participation_known"]["epsilon"],
+                accountant.delta,
+                p.user_noise_multiplier,
+                p.user_clipping_norm,
+            )
         return view
 
     def _train_round(

@@ -116,6 +116,25 @@ def resolve_delta(delta: float | None, *, num_samples: int | None = None) -> flo
     return min(DEFAULT_DELTA, 1.0 / (10.0 * num_samples))
 
 
+def resolve_user_delta(delta: float | None, *, population: int) -> float:
+    """Return the delta user-level DP is stated at: the one rule plan and coordinator share.
+
+    User-level DP protects one client among ``population``, so an unset delta resolves
+    like :func:`resolve_delta` with the population as the data set size:
+    ``min(1e-5, 1 / (10 * population))``. ``fedai privacy plan``, the privacy statement
+    and the coordinator's ``results.json`` all call this, so they agree at every
+    population (they did not above 10,000 clients).
+
+    Raises:
+        InvalidPrivacyParameterError: ``delta`` outside (0, 1) or ``population < 1``.
+    """
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+        raise InvalidPrivacyParameterError(
+            f"population must be an integer >= 1; got {population!r}"
+        )
+    return resolve_delta(delta, num_samples=population)
+
+
 def poisson_schedule(*, num_samples: int, batch_size: int) -> tuple[float, int]:
     """Return ``(sample_rate, steps_per_epoch)`` exactly as Opacus' ``DPDataLoader`` uses them.
 
@@ -336,4 +355,5 @@ __all__ = [
     "epsilon_from_history",
     "poisson_schedule",
     "resolve_delta",
+    "resolve_user_delta",
 ]

@@ -58,9 +58,10 @@ def register(sub: Any) -> None:
         help="epsilon a config will spend, or sigma for a target epsilon",
         description="Compute, before anything runs, the sample-level epsilon of every "
         "client (DP-SGD, from --config and each client's data size) and the user-level "
-        "epsilon of the aggregate (DP-FedAvg with subsampling amplification, "
-        "q = per-round / population), or calibrate sigma for --target-epsilon. Sample-level "
-        "plans assume every client trains in every round (an upper bound).",
+        "epsilon of the aggregate (DP-FedAvg, q = per-round / population) both against "
+        "outsiders (amplified by the client sampling) and against a party that knows who "
+        "took part (no amplification), or calibrate sigma for --target-epsilon. "
+        "Sample-level plans assume every client trains in every round (an upper bound).",
         epilog="examples:\n"
         "  fedai privacy plan --population 100 --per-round 10 --sigma 1.0 --rounds 100 "
         "--delta 1e-5\n"
@@ -83,6 +84,12 @@ def register(sub: Any) -> None:
     plan.add_argument("--sigma", type=float, help="user level: noise multiplier of the sum")
     plan.add_argument("--target-epsilon", type=float, help="user level: calibrate sigma")
     plan.add_argument("--rounds", type=int, help="user level: rounds (default: config)")
+    plan.add_argument(
+        "--client-sampling",
+        choices=("poisson", "fixed"),
+        help="user level: how clients are sampled (default: config's "
+        "privacy.client_sampling, else poisson)",
+    )
     plan.add_argument(
         "--delta",
         type=float,
@@ -126,7 +133,7 @@ def register(sub: Any) -> None:
 # ---------------------------------------------------------------------- plan
 def build_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Return the plan requested by parsed ``privacy plan`` arguments."""
-    from fedai.privacy.accounting import resolve_delta
+    from fedai.privacy.accounting import resolve_user_delta
     from fedai.privacy.plan import plan_config, plan_user_level
 
     user_flags = args.population is not None or args.per_round is not None
@@ -151,13 +158,14 @@ def build_plan(args: argparse.Namespace) -> dict[str, Any]:
             population=args.population,
             clients_per_round=args.per_round,
             rounds=args.rounds if args.rounds is not None else cfg.experiment.rounds,
-            delta=resolve_delta(
+            delta=resolve_user_delta(
                 args.delta if args.delta is not None else cfg.privacy.delta,
-                num_samples=args.population,
+                population=args.population,
             ),
             noise_multiplier=sigma,
             target_epsilon=target,
             clipping_norm=cfg.privacy.user_clipping_norm,
+            client_sampling=args.client_sampling or cfg.privacy.user_client_sampling or "poisson",
         )
     return out
 
@@ -193,17 +201,14 @@ def _format_plan(plan: dict[str, Any]) -> str:
         lines.append("sample level: privacy.mode is 'none' (no DP-SGD)")
     user = plan.get("user_level")
     if user:
-        calibrated = (
-            f" (calibrated for epsilon {user['calibrated_for']:g})"
-            if user.get("calibrated_for") is not None
-            else ""
-        )
-        lines.append(
-            f"user level (DP-FedAvg, q={user['sample_rate']:g}, sigma="
-            f"{user['noise_multiplier']:.4f}{calibrated}, {user['rounds']} rounds, delta "
-            f"{user['delta']:g}): epsilon {user['epsilon_rdp']:.3f} (RDP) / "
-            f"{user['epsilon_pld']:.3f} (PLD)"
-        )
+        from fedai.privacy.statement import user_level_lines
+
+        lines.extend(user_level_lines(user))
+        if user.get("calibrated_for") is not None:
+            lines.append(
+                f"  sigma {user['noise_multiplier']:.4f} calibrated for outsider epsilon "
+                f"{user['calibrated_for']:g}"
+            )
     return "\n".join(lines)
 
 

@@ -9,7 +9,10 @@ upper bound on what the ledger will show. With ``target_epsilon`` each client's 
 calibrated for its own ``q`` and total steps, so small clients get more noise instead of
 a larger epsilon.
 
-User level (DP-FedAvg, McMahan et al. 2018): see :mod:`fedai.privacy.user_level`.
+User level (DP-FedAvg, McMahan et al. 2018): see :mod:`fedai.privacy.user_level`. The
+plan states it for the client sampling the run will use (``privacy.client_sampling``) and
+for both adversaries: outsiders (amplified) and a party that knows participation (not),
+at the delta :func:`~fedai.privacy.accounting.resolve_user_delta` gives, the coordinator's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fedai.privacy.accounting import (
     epsilon_from_history,
     poisson_schedule,
     resolve_delta,
+    resolve_user_delta,
 )
 from fedai.privacy.statement import UserLevelSetting, user_level_report
 from fedai.privacy.user_level import calibrate_user_noise_multiplier
@@ -190,8 +194,12 @@ def plan_user_level(
     target_epsilon: float | None = None,
     clipping_norm: float = 1.0,
     accountant: str = "rdp",
+    client_sampling: str = "poisson",
 ) -> dict[str, Any]:
     """Return the user-level report; with ``target_epsilon``, calibrate sigma first.
+
+    The calibration targets the outsider (amplified) epsilon of ``client_sampling``
+    (RDP; PLD when ``accountant`` is ``prv`` and the sampling is Poisson).
 
     Raises:
         InvalidPrivacyParameterError: not exactly one of sigma / target, or bad values.
@@ -210,7 +218,8 @@ def plan_user_level(
             clients_per_round=clients_per_round,
             rounds=rounds,
             delta=delta,
-            accountant="pld" if accountant == "prv" else "rdp",
+            accountant="pld" if accountant == "prv" and client_sampling == "poisson" else "rdp",
+            client_sampling=client_sampling,
         )
     if sigma is None:  # pragma: no cover - excluded above
         raise InvalidPrivacyParameterError("noise_multiplier is required")
@@ -222,6 +231,7 @@ def plan_user_level(
             rounds=rounds,
             delta=delta,
             clipping_norm=clipping_norm,
+            client_sampling=client_sampling,
         )
     )
     report["calibrated_for"] = target_epsilon
@@ -252,9 +262,10 @@ def plan_config(
             population=population,
             clients_per_round=cfg.experiment.clients_per_round,
             rounds=cfg.experiment.rounds,
-            delta=resolve_delta(cfg.privacy.delta, num_samples=population),
+            delta=resolve_user_delta(cfg.privacy.delta, population=population),
             noise_multiplier=cfg.privacy.user_noise_multiplier,
             clipping_norm=cfg.privacy.user_clipping_norm,
+            client_sampling=cfg.privacy.user_client_sampling or "poisson",
         )
     return out
 

@@ -6,6 +6,11 @@ client's whole contribution in the aggregate. They bound different things and do
 add up into one number, so the statement reports them side by side, each with its delta
 and accountant named, and reports every client (clients can use different sigmas and
 sample rates), not just a mean.
+
+User-level epsilon itself depends on who the adversary is
+(:mod:`fedai.privacy.client_sampling`): against outsiders, who cannot tell who took part,
+sampling amplifies privacy; a party that knows participation (the coordinator) gets
+none. The statement gives both, each with its assumption in words.
 """
 
 from __future__ import annotations
@@ -16,15 +21,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fedai.privacy.client_sampling import (
+    PARTICIPATION_KNOWN_ASSUMPTION,
+    outsider_assumption,
+    participation_rounds_bound,
+)
 from fedai.privacy.ledger import PrivacyLedger
-from fedai.privacy.user_level import user_level_epsilon, user_level_sample_rate
+from fedai.privacy.user_level import (
+    NEIGHBOURING_RELATION,
+    check_client_sampling,
+    participation_known_epsilon,
+    user_level_epsilon,
+    user_level_sample_rate,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserLevelSetting:
-    """The user-level DP parameters of a run (``privacy.mode = "local+user"``)."""
+    """The user-level DP parameters of a run (``privacy.mode = "local+user"``).
+
+    ``delta`` should come from :func:`fedai.privacy.accounting.resolve_user_delta`, the
+    rule the coordinator uses too.
+    """
 
     population: int
     clients_per_round: int
@@ -32,14 +52,38 @@ class UserLevelSetting:
     rounds: int
     delta: float
     clipping_norm: float = 1.0
+    client_sampling: str = "poisson"
 
 
 def user_level_report(setting: UserLevelSetting) -> dict[str, Any]:
-    """Return user-level epsilon under RDP and PLD (dp-accounting) for ``setting``."""
+    """Return the planned user-level epsilons for ``setting``, both adversaries.
+
+    * ``against_outsiders``: amplified by the sampling (:func:`user_level_epsilon`), RDP
+      and, for Poisson sampling, PLD (dp-accounting has no PLD for fixed-size sampling:
+      ``epsilon_pld`` is None and ``pld_unavailable`` says why);
+    * ``participation_known``: no amplification
+      (:func:`~fedai.privacy.user_level.participation_known_epsilon`) for a client in the
+      expected ``round(q * rounds)`` rounds, and for the most-sampled client
+      (``rounds_max``: with 99% probability no client takes part in more,
+      :func:`~fedai.privacy.client_sampling.participation_rounds_bound`).
+
+    ``epsilon_rdp`` / ``epsilon_pld`` at the top level repeat the outsider figure.
+
+    Raises:
+        InvalidPrivacyParameterError: a parameter outside its domain.
+    """
+    sampling = check_client_sampling(setting.client_sampling)
     q = user_level_sample_rate(
         population=setting.population, clients_per_round=setting.clients_per_round
     )
-    eps = {
+    common: dict[str, Any] = {
+        "population": setting.population,
+        "clients_per_round": setting.clients_per_round,
+        "noise_multiplier": setting.noise_multiplier,
+        "rounds": setting.rounds,
+        "delta": setting.delta,
+    }
+    outsider: dict[str, float | None] = {
         name: user_level_epsilon(
             population=setting.population,
             clients_per_round=setting.clients_per_round,
@@ -47,21 +91,66 @@ def user_level_report(setting: UserLevelSetting) -> dict[str, Any]:
             rounds=setting.rounds,
             delta=setting.delta,
             accountant=name,
+            client_sampling=sampling,
         )
-        for name in ("rdp", "pld")
+        for name in (("rdp", "pld") if sampling == "poisson" else ("rdp",))
+    }
+    against_outsiders: dict[str, Any] = {
+        "epsilon_rdp": outsider["rdp"],
+        "epsilon_pld": outsider.get("pld"),
+        "neighbouring_relation": NEIGHBOURING_RELATION[sampling],
+        "events": (
+            "PoissonSampledDpEvent(q, GaussianDpEvent(sigma)) x rounds"
+            if sampling == "poisson"
+            else "SampledWithoutReplacementDpEvent(population, clients_per_round, "
+            "GaussianDpEvent(sigma / 2)) x rounds, RdpAccountant(REPLACE_ONE)"
+        ),
+        "assumption": outsider_assumption(
+            sampling, sample_rate=q, clients_per_round=setting.clients_per_round
+        ),
+    }
+    if sampling == "fixed":
+        against_outsiders["pld_unavailable"] = (
+            "dp-accounting's PLDAccountant has no sampling-without-replacement event"
+        )
+    expected = max(1, round(q * setting.rounds))
+    most = participation_rounds_bound(
+        population=setting.population, sample_rate=q, rounds=setting.rounds
+    )
+
+    def known(k: int, accountant: str) -> float:
+        return participation_known_epsilon(
+            [setting.noise_multiplier] * k,
+            delta=setting.delta,
+            client_sampling=sampling,
+            accountant=accountant,
+        )
+
+    participation = {
+        "rounds": expected,
+        "epsilon_rdp": known(expected, "rdp"),
+        "epsilon_pld": known(expected, "pld"),
+        "rounds_max": most,
+        "epsilon_rdp_max": known(most, "rdp"),
+        "epsilon_pld_max": known(most, "pld"),
+        "neighbouring_relation": NEIGHBOURING_RELATION[sampling],
+        "events": "GaussianDpEvent(sigma / s) x rounds taken part in, s = "
+        + ("1" if sampling == "poisson" else "2"),
+        "assumption": PARTICIPATION_KNOWN_ASSUMPTION
+        + f"; 'rounds' is the expected count q*T, 'rounds_max' the count no client "
+        f"exceeds with 99% probability (Binomial({setting.rounds}, {q:g}), union bound "
+        f"over {setting.population} clients)",
     }
     return {
-        "population": setting.population,
-        "clients_per_round": setting.clients_per_round,
-        "noise_multiplier": setting.noise_multiplier,
-        "rounds": setting.rounds,
-        "delta": setting.delta,
+        **common,
         "sample_rate": q,
         "clipping_norm": setting.clipping_norm,
-        "epsilon_rdp": eps["rdp"],
-        "epsilon_pld": eps["pld"],
-        "accountants": "dp-accounting RdpAccountant / PLDAccountant, "
-        "PoissonSampledDpEvent(q, GaussianDpEvent(sigma)) x rounds",
+        "client_sampling": sampling,
+        "epsilon_rdp": outsider["rdp"],
+        "epsilon_pld": outsider.get("pld"),
+        "against_outsiders": against_outsiders,
+        "participation_known": participation,
+        "accountants": "Google dp-accounting RdpAccountant / PLDAccountant",
     }
 
 
@@ -112,15 +201,34 @@ def privacy_statement(
     user: dict[str, Any] | None = None
     if user_level is not None:
         user = user_level_report(user_level)
-        lines.append(
-            f"user-level (DP-FedAvg aggregate): epsilon {user['epsilon_rdp']:.3f} (RDP) / "
-            f"{user['epsilon_pld']:.3f} (PLD) at delta {user['delta']:g}, "
-            f"q={user['sample_rate']:g}, "
-            f"sigma={user['noise_multiplier']:g}, {user['rounds']} rounds"
-        )
+        lines.extend(user_level_lines(user))
     else:
         lines.append("user-level: none (privacy.mode is not local+user)")
     return {"sample_level": sample_level, "user_level": user, "text": "\n".join(lines)}
 
 
-__all__ = ["UserLevelSetting", "privacy_statement", "user_level_report"]
+def user_level_lines(user: dict[str, Any]) -> list[str]:
+    """Return the human-readable lines of a :func:`user_level_report`."""
+
+    def pair(rdp: float, pld: float | None) -> str:
+        return f"{rdp:.3f} (RDP)" + (f" / {pld:.3f} (PLD)" if pld is not None else "")
+
+    out = user["against_outsiders"]
+    known = user["participation_known"]
+    return [
+        f"user-level (DP-FedAvg aggregate, {user['client_sampling']} client sampling, "
+        f"q={user['sample_rate']:g}, sigma={user['noise_multiplier']:g}, "
+        f"{user['rounds']} rounds, delta {user['delta']:g}):",
+        f"  against outsiders: epsilon {pair(out['epsilon_rdp'], out['epsilon_pld'])}",
+        f"    relation: {out['neighbouring_relation']}",
+        f"    assumes: {out['assumption']}",
+        f"  participation known (no amplification): epsilon "
+        f"{pair(known['epsilon_rdp'], known['epsilon_pld'])} for a client in "
+        f"{known['rounds']} rounds (the expected count); "
+        f"{pair(known['epsilon_rdp_max'], known['epsilon_pld_max'])} in "
+        f"{known['rounds_max']} (no client takes part more often, with 99% probability)",
+        f"    assumes: {PARTICIPATION_KNOWN_ASSUMPTION}",
+    ]
+
+
+__all__ = ["UserLevelSetting", "privacy_statement", "user_level_lines", "user_level_report"]
