@@ -13,7 +13,10 @@ Issue 3's acceptance checks, end to end through the real ClientApp and ServerApp
   fails only that client, with an error naming the file;
 * bad privacy configs fail before any training (CLI exit 2); a ledger already past its
   budget makes that client refuse in round 1 with the reason;
-* ``local+user`` reports the user-level epsilon of ``PoissonSampled(q, Gaussian(z)) x T``.
+* ``local+user`` reports, after every round, user-level epsilons (against outsiders, with
+  participation known, and the coordinator's view of each update) that dp-accounting
+  reproduces from the per-round history written to ``results.json``, for Poisson and for
+  fixed-size client sampling.
 """
 
 from __future__ import annotations
@@ -27,12 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent
+from dp_accounting import (
+    GaussianDpEvent,
+    NeighboringRelation,
+    PoissonSampledDpEvent,
+    SampledWithoutReplacementDpEvent,
+)
 from dp_accounting.rdp import RdpAccountant
 
 from clients.app import app as client_app
 from fedai.cli import main as cli_main
-from fedai.commands.simulate import simulate
+from fedai.commands.simulate import save_simulation, simulate
 from fedai.config import ExperimentConfig
 from fedai.federation.inprocess import run_inprocess
 from fedai.privacy.ledger import PrivacyLedger
@@ -348,25 +356,103 @@ def test_a_ledger_already_past_its_budget_refuses_round_one(tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------- e. user level
-def test_local_plus_user_reports_the_user_level_epsilon_of_the_rounds_run() -> None:
-    # Arrange: 2 of 4 clients per round, user-level noise multiplier 1.2, 3 rounds
-    cfg = small(
-        experiment={"clients_per_round": 2},
-        privacy={"mode": "local+user", "user_noise_multiplier": 1.2, "user_clipping_norm": 1.0},
+def independent_user_level(rounds: list[dict[str, Any]], sampling: str) -> list[dict[str, Any]]:
+    """Every user-level figure recomputed with dp-accounting from results.json alone.
+
+    The history is each round's ``privacy.user_level.round`` entry; who took part is its
+    ``trained`` list. Nothing here goes through fedai's accounting code.
+    """
+    relation = (
+        NeighboringRelation.ADD_OR_REMOVE_ONE
+        if sampling == "poisson"
+        else NeighboringRelation.REPLACE_ONE
     )
-    q = 2 / NUM_CLIENTS
+    scale = 1.0 if sampling == "poisson" else 2.0  # sum sensitivity in units of C
+    outsider = RdpAccountant(neighboring_relation=relation)
+    taken: dict[str, list[dict[str, Any]]] = {}
+    figures: list[dict[str, Any]] = []
+
+    def composed(key: str, rounds_in: list[dict[str, Any]]) -> float:
+        acc = RdpAccountant()
+        for entry in rounds_in:
+            acc.compose(GaussianDpEvent(entry[key] / scale))
+        return float(acc.get_epsilon(DELTA))
+
+    for record in rounds:
+        h = record["privacy"]["user_level"]["round"]
+        gaussian = GaussianDpEvent(h["noise_multiplier"] / scale)
+        outsider.compose(
+            PoissonSampledDpEvent(h["sample_rate"], gaussian)
+            if sampling == "poisson"
+            else SampledWithoutReplacementDpEvent(h["population"], h["sampled"], gaussian)
+        )
+        for cid in record["trained"]:
+            taken.setdefault(cid, []).append(h)
+        figures.append(
+            {
+                "outsider": float(outsider.get_epsilon(DELTA)),
+                "known": {c: composed("noise_multiplier", hs) for c, hs in taken.items()},
+                "seen": {c: composed("share_noise_multiplier", hs) for c, hs in taken.items()},
+            }
+        )
+    return figures
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_every_user_level_figure_in_results_json_is_reproduced_by_dp_accounting(
+    sampling: str, tmp_path: Path
+) -> None:
+    # Arrange: 2 of 4 clients a round, user-level sigma 1.2, 4 rounds, secret sampling
+    sigma, rounds_run = 1.2, 4
+    cfg = small(
+        experiment={"clients_per_round": 2, "rounds": rounds_run},
+        privacy={
+            "mode": "local+user",
+            "user_noise_multiplier": sigma,
+            "user_clipping_norm": 1.0,
+            "client_sampling": sampling,
+        },
+    )
 
     # Act
-    rounds = simulate(cfg, verbose=False).summary.rounds
+    outcome = simulate(cfg, verbose=False)
+    path = save_simulation(outcome, cfg, tmp_path / "run")
+    rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"]
 
-    # Assert
-    assert len(rounds) == 3
-    for t, record in enumerate(rounds, start=1):
-        assert len(record.trained) == 2
-        user = record.privacy["user_level"]
-        assert user["sample_rate"] == q
+    # Assert: the recorded history is what happened
+    assert len(rounds) == rounds_run
+    for record in rounds:
+        h = record["privacy"]["user_level"]["round"]
+        assert h["client_sampling"] == sampling
+        assert h["sampled"] == len(record["sampled"])
+        assert h["contributed"] == len(record["trained"])
+        assert h["population"] == NUM_CLIENTS
+        assert h["sample_rate"] == 2 / NUM_CLIENTS
+        if record["trained"]:
+            assert h["noise_multiplier"] == pytest.approx(
+                sigma * (len(record["trained"]) / len(record["sampled"])) ** 0.5
+            )
+            assert h["share_noise_multiplier"] == pytest.approx(
+                sigma / len(record["sampled"]) ** 0.5
+            )
+        if sampling == "fixed":
+            assert len(record["sampled"]) == 2
+        else:
+            assert record["status"] == ("skipped" if not record["sampled"] else "ok")
+    # ... and every figure, after every round, is dp-accounting's from that history
+    independent = independent_user_level(rounds, sampling)
+    for record, theirs in zip(rounds, independent, strict=True):
+        user = record["privacy"]["user_level"]
+        assert user["client_sampling"] == sampling
         assert user["delta"] == DELTA
-        assert user["noise_multipliers"] == [1.2] * t
-        independent = rdp_epsilon([(1.2, q, t)], DELTA)
-        assert user["epsilon"] == pytest.approx(independent, rel=0.01), t
-    assert rounds[0].privacy["user_level"]["epsilon"] < rounds[-1].privacy["user_level"]["epsilon"]
+        assert user["epsilon"] == user["against_outsiders"]["epsilon"]
+        assert user["epsilon"] == pytest.approx(theirs["outsider"], rel=0.01)
+        assert "OS entropy" in user["against_outsiders"]["assumption"]
+        for name, key in (("participation_known", "known"), ("coordinator_sees_updates", "seen")):
+            view = user[name]
+            assert "assumption" in view
+            assert set(view["clients"]) == set(theirs[key])
+            for cid, mine in view["clients"].items():
+                assert mine["epsilon"] == pytest.approx(theirs[key][cid], rel=0.01), (name, cid)
+            worst = max(theirs[key].values(), default=0.0)
+            assert view["epsilon"] == pytest.approx(worst, rel=0.01)

@@ -161,3 +161,50 @@ def test_cli_ledger_statement(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     assert main(["privacy", "ledger", str(tmp_path / "bad.json")]) == 1
     assert "bad.json" in capsys.readouterr().err
+
+
+USER_ARGV = ["--population", "100", "--per-round", "10", "--sigma", "1.0", "--rounds", "100"]
+
+
+def test_cli_user_level_text_states_both_adversaries(capsys: pytest.CaptureFixture[str]) -> None:
+    # Act
+    code = main(["privacy", "plan", *USER_ARGV, "--delta", "1e-5"])
+
+    # Assert
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "poisson client sampling" in out
+    assert "against outsiders: epsilon 7.90" in out
+    assert "participation is secret" in out
+    assert "participation known (no amplification): epsilon 19.05" in out
+    assert "17.857 (PLD)" in out  # the same client's PLD figure: the audit's 17.9
+
+
+def test_cli_fixed_sampling_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # Act
+    code = main(
+        ["privacy", "plan", *USER_ARGV, "--delta", "1e-5", "--client-sampling", "fixed", "--json"]
+    )
+
+    # Assert: replace-one, sensitivity 2C; dp-accounting has no PLD for it
+    assert code == 0
+    user = json.loads(capsys.readouterr().out)["user_level"]
+    assert user["client_sampling"] == "fixed"
+    assert user["epsilon_rdp"] == pytest.approx(83.9, rel=0.01)
+    assert user["epsilon_pld"] is None
+    assert "replace one" in user["against_outsiders"]["neighbouring_relation"]
+    assert user["participation_known"]["epsilon_rdp"] == pytest.approx(48.8, rel=0.01)
+
+
+def test_plan_config_uses_the_configs_client_sampling_and_user_delta() -> None:
+    cfg = ExperimentConfig.from_mapping(
+        {
+            "experiment": {"rounds": 10, "num_clients": 50, "clients_per_round": 5},
+            "train": {"batch_size": 32, "local_epochs": 1},
+            "privacy": {"mode": "local+user", "noise_multiplier": 1.0, "client_sampling": "fixed"},
+        }
+    )
+    user = plan_config(cfg, client_sizes=[100])["user_level"]
+    assert user["client_sampling"] == "fixed"
+    assert user["delta"] == pytest.approx(1e-5)  # min(1e-5, 1/(10*50))
+    assert user["epsilon_pld"] is None
