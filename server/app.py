@@ -58,7 +58,9 @@ def format_progress(record: RoundRecord, total: int) -> str:
         line += f"  eps(user) {user['epsilon']:.3f}"
     if record.refused:
         line += f"  refused {len(record.refused)}"
-    if record.status != "ok":
+    if record.status == "skipped":
+        line += f"  skipped: {record.reason}"
+    elif record.status != "ok":
         line += f"  FAILED: {record.reason}"
     return line
 
