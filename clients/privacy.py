@@ -141,8 +141,11 @@ def train_private(
         num_samples=n,
         batch_size=t.batch_size,
         local_epochs=t.local_epochs,
-        rounds=cfg.experiment.rounds,
+        # target_epsilon covers what the ledger already spent (earlier rounds, earlier
+        # runs on this node) plus every round still to come in this run
+        rounds=max(1, cfg.experiment.rounds - round_ + 1),
         delta=ledger.delta,
+        spent=ledger.history,
     )
     if policy is not None:
         reason = policy.sigma_violation(sigma) or policy.round_epsilon_violation(

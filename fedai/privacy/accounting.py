@@ -23,10 +23,10 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, NamedTuple
 
-from fedai.errors import InvalidPrivacyParameterError
+from fedai.errors import InvalidPrivacyParameterError, PrivacyBudgetExceededError
 
 logger = logging.getLogger(__name__)
 
@@ -219,15 +219,20 @@ def calibrate_noise_multiplier(
     steps: int,
     accountant: str = "rdp",
     epsilon_tolerance: float = 0.01,
+    spent: Sequence[DpSgdEvent] = (),
 ) -> float:
     """Return the smallest sigma (to ``epsilon_tolerance``) whose epsilon is <= target.
 
     Binary search of :func:`opacus.accountants.utils.get_noise_multiplier` for one client's
     own ``sample_rate`` and its total planned ``steps`` (all rounds, all local epochs), so
-    every client lands at or below ``target_epsilon`` whatever its data set size.
+    every client lands at or below ``target_epsilon`` whatever its data set size. With a
+    ``spent`` history (a persisted ledger), the target covers that history *and* the
+    planned steps: the sigma is the smallest whose composition with what was already
+    spent stays at or below the target.
 
     Raises:
         InvalidPrivacyParameterError: bad inputs, or a target too small to reach.
+        PrivacyBudgetExceededError: ``spent`` alone already reaches the target.
     """
     target = check_positive(target_epsilon, name="target_epsilon")
     delta = check_delta(delta)
@@ -238,9 +243,85 @@ def calibrate_noise_multiplier(
         raise InvalidPrivacyParameterError(
             f"accountant must be one of rdp, prv; got {accountant!r}"
         )
-    return _calibrate_cached(
-        target, delta, event.sample_rate, event.steps, accountant, epsilon_tolerance
+    if not any(e.steps for e in spent):
+        return _calibrate_cached(
+            target, delta, event.sample_rate, event.steps, accountant, epsilon_tolerance
+        )
+    return _calibrate_after(
+        target, delta, list(spent), event.sample_rate, event.steps, accountant, epsilon_tolerance
     )
+
+
+def _trial_epsilon(
+    spent: list[DpSgdEvent], sample_rate: float, steps: int, delta: float, accountant: str
+) -> Callable[[float], float]:
+    """``sigma -> epsilon(spent + one planned event at sigma)``, fast for RDP.
+
+    RDP is additive: the history's curve is computed once and each trial adds one term,
+    with Opacus' own orders and conversion (so it equals :func:`epsilon_from_history`).
+    """
+    if accountant != "rdp":
+        return lambda sigma: epsilon_from_history(
+            [*spent, DpSgdEvent(sigma, sample_rate, steps)], delta=delta, accountant=accountant
+        )
+    import numpy as np
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    base = np.zeros(len(orders))
+    for e in spent:
+        if e.steps:
+            base += rdp_analysis.compute_rdp(
+                q=e.sample_rate, noise_multiplier=e.noise_multiplier, steps=e.steps, orders=orders
+            )
+
+    def eps(sigma: float) -> float:
+        curve = base + rdp_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=sigma, steps=steps, orders=orders
+        )
+        value, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=curve, delta=delta)
+        return float(value)
+
+    return eps
+
+
+def _calibrate_after(
+    target: float,
+    delta: float,
+    spent: list[DpSgdEvent],
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    epsilon_tolerance: float,
+) -> float:
+    """Bisection for the smallest sigma with ``eps(spent + planned) <= target``."""
+    already = epsilon_from_history(spent, delta=delta, accountant=accountant)
+    if already >= target:
+        raise PrivacyBudgetExceededError(
+            f"privacy.target_epsilon {target:g} is already reached by the ledger's history "
+            f"(epsilon {already:.4g} at delta {delta:g}); no further round fits"
+        )
+
+    eps = _trial_epsilon(spent, sample_rate, steps, delta, accountant)
+    low, high = 0.0, 1.0
+    while eps(high) > target:
+        low, high = high, high * 2
+        if high > 1e6:
+            raise InvalidPrivacyParameterError(
+                f"target_epsilon {target:g} cannot be reached at delta {delta:g} after "
+                f"epsilon {already:.4g} already spent"
+            )
+    for _ in range(60):  # eps(high) <= target throughout
+        mid = (low + high) / 2
+        value = eps(mid)
+        if value > target:
+            low = mid
+        else:
+            high = mid
+            if target - value <= epsilon_tolerance:
+                break
+    return high
 
 
 @functools.lru_cache(maxsize=256)

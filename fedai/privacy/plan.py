@@ -80,15 +80,18 @@ def client_noise_multiplier(
     local_epochs: int,
     rounds: int,
     delta: float,
+    spent: Sequence[DpSgdEvent] = (),
 ) -> float:
     """Return the sigma a client must use: the configured one, or calibrated for its data.
 
     With ``privacy.target_epsilon`` the sigma is the smallest whose epsilon after
     ``rounds`` rounds of ``local_epochs`` epochs at this client's own Poisson rate stays
-    at or below the target (per-client calibration).
+    at or below the target (per-client calibration). ``spent`` is what the client's ledger
+    already holds; the target then covers it, and ``rounds`` is the rounds still to come.
 
     Raises:
         InvalidPrivacyParameterError: mode ``none``, or an unreachable target.
+        PrivacyBudgetExceededError: ``spent`` alone already reaches the target.
     """
     if privacy.mode == "none":
         raise InvalidPrivacyParameterError("privacy.mode is 'none': there is no noise to plan")
@@ -103,6 +106,7 @@ def client_noise_multiplier(
         sample_rate=q,
         steps=steps * local_epochs * rounds,
         accountant=privacy.accountant,
+        spent=spent,
     )
 
 
