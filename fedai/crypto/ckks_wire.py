@@ -85,8 +85,14 @@ def check_ckks_bytes(raw: bytes, *, size: int, scale: float, where: str) -> None
         )
     n, i = _varint(raw, i, where)
     end = i + n
+    start = i
     got_size, i = _varint(raw, i, where)
-    if i != end or got_size != size:
+    if i != end:
+        raise CorruptPayloadError(
+            f"{where} must be a CKKS vector whose size field is one varint; got a "
+            f"{n}-byte field holding a {i - start}-byte varint"
+        )
+    if got_size != size:
         raise CorruptPayloadError(f"{where} must hold {size} values; got {got_size}")
     key, i = _varint(raw, i, where)
     if key != _KEY_CIPHERTEXT:

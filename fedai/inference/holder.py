@@ -12,6 +12,7 @@ and any linear model answering score queries can be extracted with ``d + 1`` que
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -38,6 +39,7 @@ from fedai.inference.encoding import (
     Layout,
     chunk_rows,
     ciphertext_sizes,
+    rows_per_ciphertext,
 )
 from fedai.models import ModelSpec, load_model
 
@@ -187,6 +189,16 @@ class ModelHolder:
             )
         if batch.rows < 1:
             raise InferenceError(f"rows must be >= 1; got {batch.rows}")
+        # Bound the rows by the ciphertexts actually sent before building any per-chunk list
+        # (rows = 2^63 - 1 would otherwise be a list of 2^51 sizes).
+        per = rows_per_ciphertext(batch.layout, d, self.profile)
+        groups = -(-batch.rows // per)
+        want = groups if batch.layout is Layout.ROWS else groups * (d + 1)
+        if len(batch.ciphertexts) != want:
+            raise InferenceError(
+                f"{batch.rows} rows of {d} features in layout {batch.layout} need "
+                f"{want} ciphertexts; got {len(batch.ciphertexts)}"
+            )
         sizes = ciphertext_sizes(batch.layout, batch.rows, d, self.profile)
         if len(batch.ciphertexts) != len(sizes):
             raise InferenceError(
@@ -199,11 +211,17 @@ class ModelHolder:
                 _load_vector(ctx, blob, size, index)
                 for index, (blob, size) in enumerate(zip(batch.ciphertexts, sizes, strict=True))
             ]
-            if batch.layout is Layout.ROWS:
-                chunks = chunk_rows(Layout.ROWS, batch.rows, d, self.profile)
-                out = self._rows(layer, vectors, chunks)
-            else:
-                out = self._columns(layer, vectors)
+            try:
+                if batch.layout is Layout.ROWS:
+                    chunks = chunk_rows(Layout.ROWS, batch.rows, d, self.profile)
+                    out = self._rows(layer, vectors, chunks)
+                else:
+                    out = self._columns(layer, vectors)
+            except (ValueError, RuntimeError, TypeError) as err:  # TenSEAL/SEAL refusals
+                raise CorruptPayloadError(
+                    f"ciphertexts could not be evaluated under the given context: "
+                    f"{type(err).__name__}: {err}"
+                ) from err
         return EncryptedScores(
             layout=batch.layout,
             rows=batch.rows,
@@ -261,6 +279,7 @@ class ModelHolder:
         try:
             parms = ctx.seal_context().data.key_context_data().parms()
             n = int(parms.poly_modulus_degree())
+            moduli = tuple(int(m.value()) for m in parms.coeff_modulus())
             bits = tuple(int(m.bit_count()) for m in parms.coeff_modulus())
             scale = float(ctx.global_scale)
         except (ValueError, RuntimeError, TypeError) as err:
@@ -273,6 +292,8 @@ class ModelHolder:
             problems.append(
                 f"coeff_mod_bit_sizes must be {list(want.coeff_mod_bit_sizes)}; got {list(bits)}"
             )
+        elif n == want.poly_modulus_degree and moduli != _profile_moduli(want):
+            problems.append("coeff_modulus primes must be SEAL's for this profile; got others")
         if not math.isclose(scale, 2.0**want.scale_bits):
             got = f"2^{math.log2(scale):.1f}" if math.isfinite(scale) and scale > 0 else repr(scale)
             problems.append(f"scale must be 2^{want.scale_bits}; got {got}")
@@ -314,6 +335,19 @@ class ModelHolder:
                     acc += group[j] * float(coeffs[j])
                 out.append(acc.serialize())
         return out
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_moduli(profile: CkksProfile) -> tuple[int, ...]:
+    """The primes SEAL picks for ``profile`` (a context built from public parameters)."""
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        profile.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(profile.coeff_mod_bit_sizes),
+        n_threads=1,
+    )
+    parms = ctx.seal_context().data.key_context_data().parms()
+    return tuple(int(m.value()) for m in parms.coeff_modulus())
 
 
 def _load_vector(ctx: ts.Context, blob: bytes, size: int, index: int) -> ts.CKKSVector:
