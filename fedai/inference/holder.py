@@ -243,6 +243,10 @@ class ModelHolder:
                 return hit
         ctx = self.load_context(blob)
         ctx.auto_rescale = layout is Layout.ROWS
+        # The querier's automatic-operation flags are its own business; the holder's
+        # circuit needs these (a context sent with them off would fail mid-evaluation).
+        ctx.auto_mod_switch = True
+        ctx.auto_relin = True
         entry = (ctx, threading.Lock())
         with self._contexts_lock:
             self._contexts[key] = entry
