@@ -37,10 +37,11 @@ from fedai.errors import (
     ProtocolError,
 )
 from fedai.federation import keys
-from fedai.federation.records import payload_to_record, record_to_payload
+from fedai.federation.records import as_float, payload_to_record, record_to_payload
 from fedai.models import ModelSpec, build_model, get_weights, set_weights
 from fedai.policy import NodePolicy
 from fedai.schemes import client_codec
+from fedai.strategies import build_optimizer, fingerprint, hyperparameters_of
 from fedai.training import evaluate, train_local
 
 logger = logging.getLogger(__name__)
@@ -316,9 +317,17 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.train.lr_decay != 1.0:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, lr=cfg.train.lr_at(round_)))
     fedai_rec: dict[str, str] = {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
+    mu = cfg.strategy.proximal_mu
+    work = as_float(config.get(keys.KEY_WORK_FRACTION, 1.0), what="work fraction", lo=1e-12, hi=1.0)
     if cfg.privacy.mode == "none":
         loss, _steps = train_local(
-            model, data.x_train, data.y_train, cfg.train, seed=round_seed(cfg, cid, round_)
+            model,
+            data.x_train,
+            data.y_train,
+            cfg.train,
+            seed=round_seed(cfg, cid, round_),
+            proximal_mu=mu,
+            work_fraction=work,
         )
         weights, weight = get_weights(model), float(n)
     else:
@@ -329,7 +338,14 @@ def train(msg: Message, context: Context) -> Message:
         global_weights = get_weights(model)
         try:
             loss, sigma = train_private(
-                model, data, cfg, ledger=ledger, round_=round_, policy=policy
+                model,
+                data,
+                cfg,
+                ledger=ledger,
+                round_=round_,
+                policy=policy,
+                proximal_mu=mu,
+                work_fraction=work,
             )
         except PolicyViolationError as err:  # the ledger is left as it was
             logger.warning("client %s refuses the round: %s", cid, err)
@@ -376,25 +392,71 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         return status_reply(msg, keys.STATUS_FAILED, "; ".join(refused), cid)
     data = data_of(context, cfg)
     spec = spec_of(msg, cfg, data)
+    codec = codec_of(context, cfg)
+    config = msg.content.config_records[keys.REC_CONFIG]
+    stepped: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     try:
-        model = global_model(msg, cfg, spec, codec_of(context, cfg), node_id=context.node_id)
+        if bool(config.get(keys.KEY_SERVER_STEP, False)):
+            stepped = server_step(msg, cfg, spec, codec)
+            model = build_model(spec, seed=cfg.experiment.seed)
+            set_weights(model, [a.astype(np.float32) for a in stepped[0]])
+        else:
+            model = global_model(msg, cfg, spec, codec, node_id=context.node_id)
     except (CorruptPayloadError, KeyMismatchError) as err:
         return reject(msg, cid, err)
     res = evaluate(model, data.x_test, data.y_test)
-    return Message(
-        RecordDict(
-            {
-                keys.REC_METRICS: MetricRecord(
-                    {
-                        keys.KEY_NUM_EXAMPLES: res.num_examples,
-                        keys.KEY_LOSS: res.loss,
-                        keys.KEY_ACCURACY: res.accuracy,
-                    }
-                ),
-                keys.REC_FEDAI: ConfigRecord(
-                    {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
-                ),
-            }
-        ),
-        reply_to=msg,
+    content = RecordDict(
+        {
+            keys.REC_METRICS: MetricRecord(
+                {
+                    keys.KEY_NUM_EXAMPLES: res.num_examples,
+                    keys.KEY_LOSS: res.loss,
+                    keys.KEY_ACCURACY: res.accuracy,
+                }
+            ),
+            keys.REC_FEDAI: ConfigRecord(
+                {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
+            ),
+        }
+    )
+    if stepped is not None:
+        new_x, new_state = stepped
+        content.config_records[keys.REC_FEDAI][keys.KEY_FINGERPRINT] = fingerprint(new_x, new_state)
+        content.array_records[keys.REC_ARRAYS] = payload_to_record(codec.encode(new_x, 1.0))
+        content.array_records[keys.REC_STATE] = payload_to_record(codec.encode(new_state, 1.0))
+    return Message(content, reply_to=msg)
+
+
+def server_step(
+    msg: Message, cfg: ExperimentConfig, spec: ModelSpec, codec: ClientCodec
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Under HE, run the strategy's server optimiser step on the decrypted average.
+
+    Decodes (bounds-checked) the candidate sum, the current global model and the
+    optimiser state the coordinator holds encrypted, and returns the next model and state
+    snapped to the codec grid (see :mod:`server.strategy` for the design).
+
+    Raises:
+        CorruptPayloadError / KeyMismatchError: a payload fails decoding or bounds.
+    """
+    config = msg.content.config_records[keys.REC_CONFIG]
+    optimizer = build_optimizer(cfg.strategy.name, hyperparameters_of(cfg.strategy))
+    model = build_model(spec, seed=cfg.experiment.seed)
+    shapes = [tuple(v.shape) for v in model.state_dict().values()]
+    state_shapes = [s for _ in range(optimizer.state_slots) for s in shapes]
+    records = msg.content.array_records
+    total = float(config.get(keys.KEY_TOTAL_WEIGHT, 0.0))  # type: ignore[arg-type]
+    average = codec.decode(record_to_payload(records[keys.REC_ARRAYS]), total, shapes)
+    if bool(config.get(keys.KEY_INIT, False)):
+        current = get_weights(model)
+        state = [a.astype(np.float32) for a in optimizer.initial_state(shapes)]
+    else:
+        weight = float(config.get(keys.KEY_MODEL_WEIGHT, 0.0))  # type: ignore[arg-type]
+        current = codec.decode(record_to_payload(records[keys.REC_MODEL]), weight, shapes)
+        state = codec.decode(record_to_payload(records[keys.REC_STATE]), 1.0, state_shapes)
+    return optimizer.step(
+        model=current,
+        average=average,
+        state=state,
+        round_decimals=cfg.secure_aggregation.round_decimals,
     )

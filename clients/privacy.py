@@ -8,14 +8,14 @@ continues the history and never resets epsilon. The math is in :mod:`fedai.priva
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Context
 from torch import nn
 
@@ -29,7 +29,8 @@ from fedai.privacy.dpsgd import planned_event, private_round
 from fedai.privacy.ledger import PrivacyLedger
 from fedai.privacy.plan import client_noise_multiplier
 from fedai.privacy.user_level import clip_and_noise
-from fedai.training import make_loader, optimizer_for
+from fedai.strategies.fedprox import add_proximal_term
+from fedai.training import make_loader, optimizer_for, partial_steps
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,14 @@ def train_private(
     ledger: PrivacyLedger,
     round_: int,
     policy: NodePolicy | None = None,
+    proximal_mu: float = 0.0,
+    work_fraction: float = 1.0,
 ) -> tuple[float, float]:
     """One DP-SGD round on ``model`` (in place); returns (mean loss, sigma used).
+
+    ``proximal_mu > 0`` adds FedProx's proximal step after clipping and noise
+    (:func:`fedai.strategies.fedprox.add_proximal_term`); ``work_fraction < 1`` runs only
+    that fraction of the planned steps (a straggler) and the ledger records what ran.
 
     Takes no seed on purpose: the Poisson batches and the noise both come from OS entropy
     (:func:`fedai.privacy.dpsgd.train_dp_sgd`). A seed the coordinator knows would let it
@@ -162,12 +169,23 @@ def train_private(
         if reason is not None:
             raise PolicyViolationError(reason)
     loader = make_loader(data.x_train, data.y_train, batch_size=t.batch_size, shuffle=False)
+    max_steps = None
+    if work_fraction < 1:
+        full = planned_event(
+            noise_multiplier=sigma, num_samples=n, batch_size=t.batch_size, epochs=t.local_epochs
+        )
+        max_steps = partial_steps(full.steps, work_fraction)
+
+    def optimizer_factory(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        return add_proximal_term(optimizer_for(params, train=t), mu=proximal_mu)
+
     result, entry = private_round(
         model,
         ledger=ledger,
         round=round_,
         loader=loader,
-        optimizer_factory=functools.partial(optimizer_for, train=t),
+        optimizer_factory=optimizer_factory,
+        max_steps=max_steps,
         epochs=t.local_epochs,
         noise_multiplier=sigma,
         max_grad_norm=cfg.privacy.max_grad_norm,

@@ -33,7 +33,8 @@ PartitionName = Literal["iid", "dirichlet", "shards"]
 PrivacyMode = Literal["none", "local", "local+user"]
 AccountantName = Literal["rdp", "prv"]
 GradSampleMode = Literal["hooks", "ew", "ghost", "fused"]
-SecureScheme = Literal["none", "ckks", "paillier"]
+#: A registered scheme name (``fedai.schemes.scheme_names()``); checked in problems().
+SecureScheme = str
 ClientSampling = Literal["poisson", "fixed"]
 OptimizerName = Literal["sgd", "adam"]
 
@@ -266,6 +267,13 @@ class SecureAggregationSection:
     usable contributions fails instead of revealing a lone client's model to the others.
     ``flood_sigma``: Gaussian noise clients add to a decrypted aggregate before rounding
     (noise flooding against CKKS key recovery, Li & Micciancio 2021); 0 = rounding only.
+    The allowed ``scheme`` values come from the scheme registry (:mod:`fedai.schemes`).
+
+    Paillier quantises every value to ``quantization_bits`` bits over
+    ``[-update_bound, update_bound]`` and reserves ``ceil(log2(max_total_weight))``
+    headroom bits per packed slot: a round's total weight (sum of the contributors'
+    example counts) must not exceed ``max_total_weight``. ``workers``: processes for
+    Paillier encryption/decryption (0 = one per available core, 1 = none).
     """
 
     scheme: SecureScheme = "none"
@@ -274,10 +282,19 @@ class SecureAggregationSection:
     round_decimals: int = 6
     min_contributors: int = 1
     flood_sigma: float = 0.0
+    quantization_bits: int = 32
+    max_total_weight: int = 1_048_576
+    workers: int = 0
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
-        out = _problems_range(
+        from fedai.schemes import REGISTRY
+
+        out: list[str] = []
+        if self.scheme not in REGISTRY:
+            names = ", ".join(repr(n) for n in REGISTRY)
+            out.append(f"secure_aggregation.scheme must be one of {names}; got {self.scheme!r}")
+        out += _problems_range(
             "secure_aggregation.update_bound", self.update_bound, 0, None, lo_open=True
         )
         out += _problems_range(
@@ -285,6 +302,13 @@ class SecureAggregationSection:
         )
         out += _problems_range("secure_aggregation.flood_sigma", self.flood_sigma, 0, 1)
         out += _problems_range("secure_aggregation.round_decimals", self.round_decimals, 1, 12)
+        out += _problems_range(
+            "secure_aggregation.quantization_bits", self.quantization_bits, 2, 32
+        )
+        out += _problems_range(
+            "secure_aggregation.max_total_weight", self.max_total_weight, 1, 2**30
+        )
+        out += _problems_range("secure_aggregation.workers", self.workers, 0, 256)
         return out
 
 
@@ -318,6 +342,78 @@ class AuditSection:
         return out
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategySection:
+    """``[strategy]``: how the next global model follows each round's average.
+
+    ``name`` is a registered strategy (:mod:`fedai.strategies.registry`): ``fedavg``,
+    ``fedprox`` (clients add ``proximal_mu * (w - w_global)`` to every step's gradient, Li
+    et al. 2020), or a server optimiser of Reddi et al. 2021 (``fedavgm``, ``fedadam``,
+    ``fedyogi``, ``fedadagrad``) with ``server_lr`` (default 1.0 for fedavgm, 0.1 for the
+    adaptive ones), ``server_momentum`` (fedavgm), ``beta1``, ``beta2`` and ``tau``.
+
+    ``straggler_fraction`` of each round's sampled clients (chosen from the seed) do only a
+    uniformly random fraction of their local steps (systems heterogeneity, as in FedProx's
+    experiments); ``drop_stragglers`` leaves them out instead (FedAvg's behaviour there).
+    ``evaluate_clients``: clients that evaluate (and bounds-check) each round's candidate,
+    sampled from the seed; 0 = every client. With a sample, every client evaluates the
+    final model once at the end.
+    """
+
+    name: str = "fedavg"
+    proximal_mu: float = 0.0
+    server_lr: float | None = None
+    server_momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    straggler_fraction: float = 0.0
+    drop_stragglers: bool = False
+    evaluate_clients: int = 0
+
+    @property
+    def effective_server_lr(self) -> float:
+        """``server_lr``, or the strategy's default (1.0 for fedavgm, else 0.1)."""
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1.0 if self.name in ("fedavg", "fedprox", "fedavgm") else 0.1
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        from fedai.strategies.registry import REGISTRY as STRATEGIES
+
+        out: list[str] = []
+        if self.name not in STRATEGIES:
+            names = ", ".join(repr(n) for n in STRATEGIES)
+            out.append(f"strategy.name must be one of {names}; got {self.name!r}")
+        out += _problems_range("strategy.proximal_mu", self.proximal_mu, 0, 1e4)
+        if self.proximal_mu != 0 and self.name != "fedprox":
+            out.append(
+                "strategy.proximal_mu applies only to strategy.name 'fedprox'; got "
+                f"proximal_mu={self.proximal_mu!r} with name {self.name!r}"
+            )
+        if self.server_lr is not None:
+            out += _problems_range("strategy.server_lr", self.server_lr, 0, 100, lo_open=True)
+            if self.name in ("fedavg", "fedprox"):
+                out.append(
+                    "strategy.server_lr applies only to a server optimiser (fedavgm, fedadam, "
+                    f"fedyogi, fedadagrad); got server_lr={self.server_lr!r} with name "
+                    f"{self.name!r}"
+                )
+        out += _problems_range("strategy.server_momentum", self.server_momentum, 0, 1, hi_open=True)
+        out += _problems_range("strategy.beta1", self.beta1, 0, 1, hi_open=True)
+        out += _problems_range("strategy.beta2", self.beta2, 0, 1, hi_open=True)
+        out += _problems_range("strategy.tau", self.tau, 0, 1, lo_open=True)
+        out += _problems_range("strategy.straggler_fraction", self.straggler_fraction, 0, 1)
+        out += _problems_range("strategy.evaluate_clients", self.evaluate_clients, 0, 100_000)
+        if self.drop_stragglers and self.straggler_fraction == 0:
+            out.append(
+                "strategy.drop_stragglers needs strategy.straggler_fraction > 0; got "
+                f"straggler_fraction={self.straggler_fraction!r}"
+            )
+        return out
+
+
 _SectionT = TypeVar("_SectionT")
 
 
@@ -332,6 +428,7 @@ class ExperimentConfig:
     privacy: PrivacySection = field(default_factory=PrivacySection)
     secure_aggregation: SecureAggregationSection = field(default_factory=SecureAggregationSection)
     audit: AuditSection = field(default_factory=AuditSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -346,6 +443,10 @@ class ExperimentConfig:
                 "privacy.grad_sample_mode 'fused' needs a Linear-only model (logreg or mlp); "
                 f"got model.name {self.model.name!r} (use hooks, ew or ghost)"
             )
+        if self.secure_aggregation.scheme != "none" and not problems:
+            from fedai.schemes import config_problems
+
+            problems += config_problems(self)  # the scheme's own checks (e.g. headroom)
         if problems:
             raise ConfigError(problems)
 
@@ -587,6 +688,7 @@ __all__ = [
     "ModelSection",
     "PrivacySection",
     "SecureAggregationSection",
+    "StrategySection",
     "TrainSection",
     "apply_overrides",
     "parse_override",

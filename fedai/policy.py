@@ -17,10 +17,12 @@ Node-config keys (all optional):
                            the coordinator's ``data.dataset`` and ``secure_aggregation.
                            key_dir`` are never opened.
 ``key-dir``                The node's key directory. Implies ``require-scheme`` = the
-                           keys' scheme (``ckks``): a node with keys never sends plaintext.
+                           scheme its bundles were made for (read from their metadata):
+                           a node with keys never sends plaintext.
 ``state-dir``              Where the privacy ledger lives. A real node with DP on must set
                            it (or the ledger would reset with every process start).
-``require-scheme``         ``none`` | ``ckks``: the only scheme the node encodes with.
+``require-scheme``         A registered scheme (``none``, ``ckks``, ``paillier``, ...):
+                           the only scheme the node encodes with.
 ``require-privacy``        ``local`` (local or local+user) | ``local+user``.
 ``min-noise-multiplier``   The smallest DP-SGD sigma the node accepts.
 ``max-epsilon-per-round``  The largest epsilon one round may add to the ledger.
@@ -41,7 +43,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedai.config import ExperimentConfig
-from fedai.errors import ConfigError
+from fedai.crypto.bundle import scheme_of_key_dir
+from fedai.errors import ConfigError, KeyFileError
+from fedai.schemes import scheme_names
 
 NODE_DATA_PATH = "data-path"
 NODE_KEY_DIR = "key-dir"
@@ -53,7 +57,8 @@ MAX_EPSILON_PER_ROUND = "max-epsilon-per-round"
 MAX_BUDGET_EPSILON = "max-budget-epsilon"
 MAX_NUM_SAMPLED = "max-num-sampled"
 
-SCHEMES = ("none", "ckks")
+#: Every registered scheme (from the registry, :mod:`fedai.schemes`).
+SCHEMES = scheme_names()
 PRIVACY_LEVELS = {"local": ("local", "local+user"), "local+user": ("local+user",)}
 
 
@@ -114,7 +119,10 @@ class NodePolicy:
         key_dir = text(NODE_KEY_DIR)
         scheme = text(REQUIRE_SCHEME)
         if scheme is None and key_dir is not None:
-            scheme = "ckks"
+            try:
+                scheme = scheme_of_key_dir(key_dir)
+            except KeyFileError as err:
+                problems.append(f"node_config {NODE_KEY_DIR} must hold a key set; {err}")
         if scheme is not None and scheme not in SCHEMES:
             problems.append(
                 f"node_config {REQUIRE_SCHEME} must be one of {SCHEMES}; got {scheme!r}"

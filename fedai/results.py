@@ -53,6 +53,7 @@ class RunSummary:
     stop_reason: str = ""
     clients: dict[str, Any] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)  # node -> why it was left out
+    final_evaluation: dict[str, Any] = field(default_factory=dict)  # every client, at the end
 
     @property
     def final(self) -> dict[str, Any]:
@@ -77,6 +78,7 @@ class RunSummary:
             "stop_reason": self.stop_reason,
             "clients": self.clients,
             "excluded": self.excluded,
+            **({"final_evaluation": self.final_evaluation} if self.final_evaluation else {}),
         }
 
 

@@ -7,6 +7,7 @@ and the shared evaluation loop. Randomness (shuffling) comes from an injected
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -62,8 +63,12 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     *,
     epochs: int,
+    max_steps: int | None = None,
 ) -> tuple[float, int]:
-    """Train ``model`` in place; return (mean training loss of the last epoch, steps taken)."""
+    """Train ``model`` in place; return (mean training loss of the last epoch, steps taken).
+
+    ``max_steps`` stops after that many optimizer steps (a straggler's partial work).
+    """
     model.train()
     criterion = nn.CrossEntropyLoss()
     steps = 0
@@ -73,6 +78,8 @@ def train_epochs(
         for xb, yb in loader:
             if len(yb) == 0:
                 continue
+            if max_steps is not None and steps >= max_steps:
+                break
             optimizer.zero_grad()
             loss = criterion(model(xb), yb)
             loss.backward()
@@ -80,17 +87,45 @@ def train_epochs(
             steps += 1
             total += float(loss.detach()) * len(yb)
             count += len(yb)
-        last = total / max(count, 1)
+        if count:
+            last = total / count
+        if max_steps is not None and steps >= max_steps:
+            break
     return last, steps
 
 
+def partial_steps(total_steps: int, work_fraction: float) -> int:
+    """Steps a client doing ``work_fraction`` of ``total_steps`` takes: ceil, at least 1."""
+    if not 0 < work_fraction <= 1:
+        raise ValueError(f"work_fraction must be in (0, 1]; got {work_fraction!r}")
+    return max(1, min(total_steps, math.ceil(work_fraction * total_steps)))
+
+
 def train_local(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, train: TrainSection, *, seed: int
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    train: TrainSection,
+    *,
+    seed: int,
+    proximal_mu: float = 0.0,
+    work_fraction: float = 1.0,
 ) -> tuple[float, int]:
-    """Non-private local training of ``model`` on (x, y); returns (loss, steps)."""
+    """Non-private local training of ``model`` on (x, y); returns (loss, steps).
+
+    ``proximal_mu > 0`` adds FedProx's proximal step
+    (:func:`fedai.strategies.fedprox.add_proximal_term`); ``work_fraction < 1`` stops after
+    that fraction of the ``local_epochs`` steps (a straggler).
+    """
+    from fedai.strategies.fedprox import add_proximal_term
+
     gen = torch.Generator().manual_seed(seed)
     loader = make_loader(x, y, batch_size=train.batch_size, shuffle=True, generator=gen)
-    return train_epochs(model, loader, make_optimizer(model, train), epochs=train.local_epochs)
+    optimizer = add_proximal_term(make_optimizer(model, train), mu=proximal_mu)
+    max_steps = None
+    if work_fraction < 1:
+        max_steps = partial_steps(len(loader) * train.local_epochs, work_fraction)
+    return train_epochs(model, loader, optimizer, epochs=train.local_epochs, max_steps=max_steps)
 
 
 @torch.no_grad()
@@ -115,6 +150,7 @@ __all__ = [
     "make_loader",
     "make_optimizer",
     "optimizer_for",
+    "partial_steps",
     "train_epochs",
     "train_local",
 ]

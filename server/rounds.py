@@ -2,12 +2,16 @@
 
 fedai drives rounds itself instead of calling ``Strategy.start`` because it needs what
 that loop cannot give: client identities that survive restarts (for the privacy ledger),
-deterministic sampling by client id (same sample under every backend) or, under user-level
-DP, secret sampling from OS entropy that its accounting matches, skipping clients
-whose privacy budget is spent, ending the run when nobody can train, a global model that
-stays encrypted, and discarding a round whose aggregate fails the clients' bounds check.
-Aggregation itself is the :class:`~fedai.aggregation.SecureSum` seam: FedAvg in the clear,
-or a homomorphic sum.
+skipping clients whose privacy budget is spent, ending the run when nobody can train, a
+global model that stays encrypted, and discarding a round whose aggregate fails the
+clients' bounds check. The loop is
+
+``sample -> configure_train -> (clients train) -> aggregate_train -> configure_evaluate ->
+(clients evaluate, bounds-check) -> accept or roll back``
+
+with the strategy steps in :mod:`server.strategy` (every registered strategy, and the
+user-level DP wrapper) and messaging/discovery in :mod:`server.transport`. This module
+validates replies (one bad reply costs only its client) and keeps the records.
 """
 
 from __future__ import annotations
@@ -16,64 +20,40 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedai.aggregation import Payload, SecureSum
 from fedai.config import ExperimentConfig
-from fedai.errors import ContributionError, ProtocolError
+from fedai.errors import ProtocolError
 from fedai.federation import keys
-from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
+from fedai.federation.records import as_float, payload_to_record, reply_payload
 from fedai.models import ModelSpec, build_model
-from fedai.privacy.accounting import resolve_user_delta
-from fedai.privacy.client_sampling import (
-    UserLevelAccountant,
-    UserLevelRound,
-    fixed_size_sample,
-    poisson_sample,
-)
 from fedai.results import RoundRecord, RunSummary
+from server.strategy import Candidate, GlobalModel, Strategy, UserLevelDp, build_strategy
+from server.transport import ClientInfo, Transport
+from server.transport import clip_text as _text
 
 logger = logging.getLogger(__name__)
 
 RoundCallback = Callable[[RoundRecord, int], None]
 
-#: Bounds on what a node may announce in discovery (a reply is untrusted input).
-MAX_CLIENT_ID_CHARS = 128
-MAX_EXAMPLES = 10**9
-MAX_CLASSES = 10_000
-MAX_INPUT_DIMS = 4
-MAX_INPUT_VALUES = 10**7
-
-
-@dataclass(slots=True)
-class ClientInfo:
-    """A client as announced in discovery."""
-
-    node_id: int
-    client_id: str
-    num_train: int
-    num_test: int
-    input_shape: tuple[int, ...]
-    num_classes: int
-    exhausted: str = ""  # reason, once the client refused to train for its budget
-
 
 @dataclass(slots=True)
 class RunOutcome:
-    """What the loop ends with: the summary and the (possibly encrypted) global aggregate."""
+    """What the loop ends with: the summary and the (possibly encrypted) global model."""
 
     summary: RunSummary
     spec: ModelSpec
     payload: Payload | None
     total_weight: float
     clients: dict[int, ClientInfo] = field(default_factory=dict)
+    state: Payload | None = None  # the server optimiser's state (possibly encrypted)
 
 
 class FederatedRun:
@@ -94,216 +74,42 @@ class FederatedRun:
         self.grid = grid
         self.summer = summer
         self.on_round = on_round
-        self.timeout = timeout
-        self.discovery_timeout = discovery_timeout
-        self._config_json = cfg.to_json()
-        self._shared: dict[str, bool | int | float | str] = {}
+        self.transport = Transport(
+            grid,
+            num_clients=cfg.experiment.num_clients,
+            config_json=cfg.to_json(),
+            timeout=timeout,
+            discovery_timeout=discovery_timeout,
+        )
+        self.strategy: Strategy = build_strategy(cfg, summer=summer, rng_factory=rng_factory)
+        self._user_accountant = (
+            self.strategy.accountant if isinstance(self.strategy, UserLevelDp) else None
+        )
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
-        # User-level DP: the sample comes from a fresh generator per round, by default
-        # seeded from OS entropy (never experiment.seed); tests inject seeded ones.
-        self._rng_factory = rng_factory
-        self._user_accountant: UserLevelAccountant | None = None
-        sampling = cfg.privacy.user_client_sampling
-        if sampling is not None:
-            e = cfg.experiment
-            self._user_accountant = UserLevelAccountant(
-                client_sampling=sampling,
-                delta=resolve_user_delta(cfg.privacy.delta, population=e.num_clients),
-                population=e.num_clients,
-                clients_per_round=e.clients_per_round,
-                coordinator_sees_updates=cfg.secure_aggregation.scheme == "none",
-            )
         self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
-        self.excluded: dict[str, str] = {}  # "node <id>" -> why discovery left it out
 
-    # ------------------------------------------------------------------ messaging
-    def _send(
-        self,
-        node_ids: list[int],
-        message_type: str,
-        round_: int,
-        arrays: ArrayRecord,
-        config: dict[str, bool | int | float | str],
-    ) -> dict[int, Message]:
-        base: dict[str, Any] = {
-            keys.KEY_SERVER_ROUND: round_,
-            keys.KEY_EXPERIMENT: self._config_json,
-            **self._shared,
-            **config,
-        }
-        messages = [
-            Message(
-                RecordDict({keys.REC_ARRAYS: arrays, keys.REC_CONFIG: ConfigRecord(dict(base))}),
-                dst_node_id=nid,
-                message_type=message_type,
-                group_id=str(round_),
-            )
-            for nid in node_ids
-        ]
-        by_mid: dict[int, Message] = {}
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        sent = {m.metadata.dst_node_id for m in messages}
-        for reply in replies:
-            src = reply.metadata.src_node_id
-            if src in sent:
-                by_mid[src] = reply
-            else:  # error replies from the SuperLink carry its id; map via reply_to
-                for m in messages:
-                    if m.metadata.message_id == reply.metadata.reply_to_message_id:
-                        by_mid[m.metadata.dst_node_id] = reply
-        return by_mid
+    @property
+    def excluded(self) -> dict[str, str]:
+        """``"node <id>"`` -> why discovery left it out."""
+        return self.transport.excluded
 
-    @staticmethod
-    def _fedai(reply: Message) -> ConfigRecord:
-        return reply.content.config_records.get(keys.REC_FEDAI, ConfigRecord())
-
-    # ------------------------------------------------------------------ discovery
     def discover(self) -> dict[int, ClientInfo]:
-        """Ask every node who it is; wait (bounded) for ``num_clients`` nodes."""
-        want = self.cfg.experiment.num_clients
-        deadline = time.monotonic() + self.discovery_timeout
-        node_ids = sorted(self.grid.get_node_ids())
-        while len(node_ids) < want and time.monotonic() < deadline:
-            logger.info("waiting for clients: %d of %d connected", len(node_ids), want)
-            time.sleep(1.0)
-            node_ids = sorted(self.grid.get_node_ids())
-        if len(node_ids) < want:
-            raise ProtocolError(
-                f"experiment.num_clients is {want} but only {len(node_ids)} "
-                f"node(s) connected within {self.discovery_timeout:g} s"
-            )
-        clients = self._agree(self._hello(node_ids))
-        if not clients:
-            raise ProtocolError("no client answered discovery; every node failed (see log)")
-        return clients
+        """Ask every node who it is (see :meth:`Transport.discover`)."""
+        return self.transport.discover()
 
-    def _agree(self, clients: dict[int, ClientInfo]) -> dict[int, ClientInfo]:
-        """Keep the nodes that agree: one node per client id, the most common input shape.
-
-        One node's bad answer costs only that node: a duplicate client id keeps the node
-        that announced it first (lowest node id); a node whose input shape differs from
-        the majority's is left out, named in the log and in ``excluded``.
-        """
-        kept: dict[int, ClientInfo] = {}
-        seen: dict[str, int] = {}
-        for nid in sorted(clients):
-            info = clients[nid]
-            if info.client_id in seen:
-                self._exclude(
-                    nid,
-                    info.client_id,
-                    f"client id {info.client_id!r} already announced by node "
-                    f"{seen[info.client_id]}",
-                )
-                continue
-            seen[info.client_id] = nid
-            kept[nid] = info
-        counts = Counter(c.input_shape for c in kept.values())
-        if len(counts) > 1:
-            # Most common shape; ties go to the shape of the lowest node id.
-            order = {c.input_shape: nid for nid, c in sorted(kept.items(), reverse=True)}
-            shape = max(counts, key=lambda s: (counts[s], -order[s]))
-            for nid, info in list(kept.items()):
-                if info.input_shape != shape:
-                    self._exclude(
-                        nid,
-                        info.client_id,
-                        f"input shape {_shape_text(info.input_shape)} differs from the "
-                        f"{counts[shape]} node(s) with {_shape_text(shape)}",
-                    )
-                    del kept[nid]
-        return kept
-
-    def _exclude(self, nid: int, client_id: str, reason: str) -> None:
-        logger.warning("node %s (client %s) left out: %s", nid, client_id, reason)
-        self.excluded[f"node {nid}"] = f"client {client_id!r}: {reason}"
-
-    def _hello(self, node_ids: list[int]) -> dict[int, ClientInfo]:
-        """Ask ``node_ids`` who they are; nodes that fail or answer garbage are left out."""
-        replies = self._send(node_ids, keys.MSG_QUERY, 0, ArrayRecord(), {})
-        clients: dict[int, ClientInfo] = {}
-        for nid in node_ids:
-            reply = replies.get(nid)
-            if reply is None or reply.has_error():
-                reason = reply.error.reason if reply is not None else "no reply"
-                logger.warning("node %s failed discovery: %s", nid, reason)
-                continue
-            try:
-                clients[nid] = _parse_hello(nid, self._fedai(reply))
-            except Exception as err:  # any bad reply costs only that node
-                logger.warning(
-                    "node %s answered discovery with a bad reply: %s: %s",
-                    nid,
-                    type(err).__name__,
-                    err,
-                )
-                self.excluded[f"node {nid}"] = f"bad discovery reply: {type(err).__name__}: {err}"
-        return clients
-
-    def refresh(self, clients: dict[int, ClientInfo]) -> None:
-        """Re-identify nodes that (re)connected since discovery, in place.
-
-        A restarted agent comes back under a new Flower node id; its stable client id maps
-        it to its old entry (keeping, e.g., its exhausted mark). A node whose client id is
-        new joins the federation if its data has the same shape.
-        """
-        current = set(self.grid.get_node_ids())
-        new = sorted(current - set(clients))
-        if not new:
-            return
-        by_client = {c.client_id: nid for nid, c in clients.items()}
-        shape = next(iter(clients.values())).input_shape
-        for nid, info in self._hello(new).items():
-            old = by_client.get(info.client_id)
-            if old is not None:
-                info.exhausted = clients.pop(old).exhausted
-                logger.info("client %s reconnected as node %s (was %s)", info.client_id, nid, old)
-            elif info.input_shape != shape:
-                logger.warning(
-                    "node %s (client %s) has input shape %s, not %s; ignored",
-                    nid,
-                    info.client_id,
-                    info.input_shape,
-                    shape,
-                )
-                continue
-            else:
-                logger.info("client %s joined as node %s", info.client_id, nid)
-            clients[nid] = info
-
-    # ------------------------------------------------------------------ sampling
     @staticmethod
     def able(clients: dict[int, ClientInfo]) -> list[ClientInfo]:
         """The clients that may be sampled (budget not exhausted), by client id."""
         return sorted((c for c in clients.values() if not c.exhausted), key=lambda c: c.client_id)
 
     def sample(self, clients: dict[int, ClientInfo], round_: int) -> list[int]:
-        """Pick this round's clients (node ids) among the :meth:`able` ones.
+        """This round's clients (node ids) among the :meth:`able` ones, as the strategy draws.
 
-        Without user-level DP: exactly ``clients_per_round``, deterministically from
-        ``experiment.seed`` and the round, by client id (the same sample under every
-        backend; non-DP runs are bit-reproducible). With user-level DP the accounting
-        assumes nobody can recompute the sample, so it is drawn from
-        ``self._rng_factory()`` (a fresh OS-entropy generator) as
-        ``privacy.client_sampling`` says: ``poisson`` (each client joins with probability
-        ``clients_per_round / num_clients``; possibly nobody) or ``fixed``.
+        Without user-level DP: exactly ``clients_per_round`` from ``experiment.seed`` and
+        the round (bit-reproducible). With it: from OS entropy, Poisson or fixed
+        (:class:`server.strategy.UserLevelDp`).
         """
-        able = self.able(clients)
-        e = self.cfg.experiment
-        sampling = self.cfg.privacy.user_client_sampling
-        picked: list[int]
-        if sampling == "poisson":
-            q = e.clients_per_round / e.num_clients
-            picked = poisson_sample(len(able), sample_rate=q, rng=self._rng_factory())
-        elif sampling == "fixed":
-            size = e.clients_per_round
-            picked = fixed_size_sample(len(able), sample_size=size, rng=self._rng_factory())
-        else:
-            k = min(e.clients_per_round, len(able))
-            rng = np.random.default_rng([e.seed, round_])
-            chosen = rng.choice(len(able), size=k, replace=False) if k < len(able) else range(k)
-            picked = sorted(int(j) for j in chosen)
-        return [able[i].node_id for i in picked]
+        return self.strategy.sample(self.able(clients), round_)
 
     # ------------------------------------------------------------------ the loop
     def execute(self) -> RunOutcome:
@@ -320,13 +126,13 @@ class FederatedRun:
         # The layout every contribution must carry (seeded: leaves the global RNG alone).
         model = build_model(spec, seed=0)
         self._shapes = [tuple(p.shape) for p in model.state_dict().values()]
-        self._shared[keys.KEY_NUM_CLASSES] = spec.num_classes
+        self.strategy.bind(spec, list(self._shapes))
+        self.transport.shared[keys.KEY_NUM_CLASSES] = spec.num_classes
         summary = RunSummary(config=self.cfg.to_dict())
-        payload: Payload | None = None
-        total_weight = 0.0
+        current = GlobalModel()
         for round_ in range(1, self.cfg.experiment.rounds + 1):
             t0 = time.perf_counter()
-            self.refresh(clients)
+            self.transport.refresh(clients)
             population = len(self.able(clients))
             if not population:
                 summary.stop_reason = (
@@ -347,20 +153,19 @@ class FederatedRun:
                 record.reason = "Poisson client sampling drew no client this round"
                 logger.info("round %d skipped: %s", round_, record.reason)
             else:
-                new = self._train_round(clients, sampled, round_, payload, total_weight, record)
-                if new is not None:
-                    cand_payload, cand_weight = new
-                    accepted = self._evaluate_round(
-                        clients, round_, cand_payload, cand_weight, record
-                    )
-                    if accepted:
-                        payload, total_weight = cand_payload, cand_weight
+                candidate = self._train_round(clients, sampled, round_, current, record)
+                if candidate is not None:
+                    accepted = self._evaluate_round(clients, round_, candidate, current, record)
+                    if accepted is not None:
+                        current = accepted
             if self.cfg.privacy.mode != "none":
                 record.privacy = self._privacy_view(record, population=population)
             record.seconds = time.perf_counter() - t0
             summary.rounds.append(record)
             if self.on_round:
                 self.on_round(record, self.cfg.experiment.rounds)
+        if self.cfg.strategy.evaluate_clients and current.payload is not None:
+            summary.final_evaluation = self._evaluate_final(clients, current)
         summary.seconds = time.perf_counter() - t_start
         summary.clients = {
             c.client_id: {
@@ -371,53 +176,27 @@ class FederatedRun:
             for c in clients.values()
         }
         summary.excluded = dict(self.excluded)
-        return RunOutcome(summary, spec, payload, total_weight, clients)
+        return RunOutcome(
+            summary, spec, current.payload, current.weight, clients, state=current.state
+        )
 
     def _privacy_view(self, record: RoundRecord, *, population: int) -> dict[str, Any]:
         """The coordinator's ledger after a round: every client's cumulative epsilon.
 
-        Under user-level DP it also accounts the round just run (``population`` clients
-        could be drawn) and reports both user-level figures (see
+        Under user-level DP the strategy wrapper also accounts the round just run
+        (``population`` clients could be drawn) and reports both user-level figures (see
         :class:`~fedai.privacy.client_sampling.UserLevelAccountant`). The ``sampled`` and
         ``trained`` lists stay in the round record: the coordinator knows participation
         anyway, and the sample-level reports (one history entry per round trained) would
         reveal it regardless; so ``results.json`` is the coordinator's record, and its
         holder is the party the participation-known figure is for.
         """
-        p = self.cfg.privacy
         view: dict[str, Any] = {
             "clients": {cid: dict(r) for cid, r in sorted(self._privacy_reports.items())}
         }
         eps = [r["epsilon"] for r in self._privacy_reports.values()]
         view["max_epsilon"] = max(eps) if eps else 0.0
-        accountant, sampling = self._user_accountant, p.user_client_sampling
-        if accountant is not None and sampling is not None:
-            e = self.cfg.experiment
-            accountant.compose(
-                UserLevelRound.observed(
-                    round=record.round,
-                    client_sampling=sampling,
-                    noise_multiplier=p.user_noise_multiplier,
-                    sample_rate=e.clients_per_round / e.num_clients,
-                    population=population,
-                    sampled=len(record.sampled),
-                    contributed=len(record.trained),
-                ),
-                participants=record.trained,
-            )
-            view["user_level"] = accountant.report()
-            user = view["user_level"]
-            logger.info(
-                "round %d user-level epsilon %.3f against outsiders (%s sampling), %.3f "
-                "with participation known (delta %g, sigma %.3f, C %g)",
-                record.round,
-                user["epsilon"],
-                sampling,
-                user["participation_known"]["epsilon"],
-                accountant.delta,
-                p.user_noise_multiplier,
-                p.user_clipping_norm,
-            )
+        view.update(self.strategy.account(record, population=population))
         return view
 
     def _train_round(
@@ -425,25 +204,22 @@ class FederatedRun:
         clients: dict[int, ClientInfo],
         sampled: list[int],
         round_: int,
-        payload: Payload | None,
-        total_weight: float,
+        current: GlobalModel,
         record: RoundRecord,
-    ) -> tuple[Payload, float] | None:
-        init = payload is None
-        arrays = ArrayRecord() if payload is None else payload_to_record(payload)
-        replies = self._send(
-            sampled,
+    ) -> Candidate | None:
+        plan = self.strategy.configure_train(round_, [clients[n] for n in sampled], current)
+        for nid, reason in plan.dropped.items():
+            record.failures[clients[nid].client_id] = reason
+        replies = self.transport.send(
+            plan.node_ids,
             keys.MSG_TRAIN,
             round_,
-            arrays,
-            {
-                keys.KEY_INIT: init,
-                keys.KEY_TOTAL_WEIGHT: float(total_weight),
-                keys.KEY_NUM_SAMPLED: len(sampled),
-            },
+            plan.arrays,
+            plan.config,
+            per_node=plan.per_node,
         )
         good: list[tuple[str, Payload, float]] = []
-        for nid in sampled:
+        for nid in plan.node_ids:
             cid = clients[nid].client_id
             try:
                 taken = self._take_contribution(clients[nid], replies.get(nid), record)
@@ -456,7 +232,9 @@ class FederatedRun:
                 continue
             if taken is not None:
                 good.append((cid, *taken))
-        return self._sum(good, round_, record)
+        if not plan.node_ids:
+            record.trained = []
+        return self.strategy.aggregate_train(round_, good, record, current)
 
     def _take_contribution(
         self, client: ClientInfo, reply: Message | None, record: RoundRecord
@@ -473,7 +251,7 @@ class FederatedRun:
         if reply.has_error():
             record.failures[cid] = reply.error.reason or f"error code {reply.error.code}"
             return None
-        rec = self._fedai(reply)
+        rec = self.transport.fedai_record(reply)
         status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
         if keys.KEY_PRIVACY in rec:
             self._privacy_reports[cid] = _parse_report(cid, str(rec[keys.KEY_PRIVACY]))
@@ -498,66 +276,27 @@ class FederatedRun:
             raise ProtocolError(f"num-examples must be > 0; got {n}")
         return contribution, n
 
-    def _sum(
-        self, good: list[tuple[str, Payload, float]], round_: int, record: RoundRecord
-    ) -> tuple[Payload, float] | None:
-        """Sum the usable contributions, leaving out any that the sum itself rejects."""
-        minimum = self.cfg.secure_aggregation.min_contributors
-        summed: Payload | None = None
-        while len(good) >= minimum and summed is None:
-            try:
-                summed = self.summer.sum([p for _, p, _ in good])
-            except ContributionError as err:
-                cid = good[err.index][0]
-                record.failures[cid] = f"{type(err).__name__}: {err}"
-                logger.warning(
-                    "round %d: contribution of client %s rejected by the sum: %s", round_, cid, err
-                )
-                del good[err.index]
-            except Exception as err:  # the run goes on without this round
-                record.status, record.reason = "failed", f"sum failed: {type(err).__name__}: {err}"
-                logger.warning("round %d failed: %s; keeping the previous model", round_, err)
-                return None
-        record.trained = [cid for cid, _, _ in good]
-        record.num_examples = weight = sum(n for _, _, n in good)
-        if summed is None:
-            record.status = "failed"
-            record.reason = (
-                f"{len(good)} usable contribution(s); at least {minimum} needed "
-                "(secure_aggregation.min_contributors)"
-            )
-            logger.warning("round %d failed: %s; keeping the previous model", round_, record.reason)
-            return None
-        return summed, weight
-
-    def _evaluate_round(
+    def _collect_evaluations(
         self,
         clients: dict[int, ClientInfo],
-        round_: int,
-        payload: Payload,
-        total_weight: float,
-        record: RoundRecord,
-    ) -> bool:
-        """Federated evaluation of the candidate aggregate; False if clients reject it."""
-        node_ids = sorted(clients)
-        replies = self._send(
-            node_ids,
-            keys.MSG_EVALUATE,
-            round_,
-            payload_to_record(payload),
-            {keys.KEY_TOTAL_WEIGHT: float(total_weight)},
-        )
+        node_ids: list[int],
+        replies: dict[int, Message],
+        record: RoundRecord | None,
+    ) -> tuple[float, float, float, list[str], dict[str, Message]]:
+        """Parse evaluate replies: (loss sum, accuracy sum, examples, rejections, OK replies)."""
         loss_sum, acc_sum, n_sum = 0.0, 0.0, 0.0
         rejected: list[str] = []
+        ok: dict[str, Message] = {}
+        failures: dict[str, str] = record.failures if record is not None else {}
         for nid in node_ids:
             reply = replies.get(nid)
             cid = clients[nid].client_id
             if reply is None or reply.has_error():
                 reason = "no reply" if reply is None else reply.error.reason
-                record.failures.setdefault(cid, f"evaluate: {reason}")
+                failures.setdefault(cid, f"evaluate: {reason}")
                 continue
             try:
-                rec = self._fedai(reply)
+                rec = self.transport.fedai_record(reply)
                 if str(rec.get(keys.KEY_STATUS, keys.STATUS_OK)) == keys.STATUS_REJECTED:
                     rejected.append(cid + ": " + _text(rec.get(keys.KEY_REASON, "")))
                     continue
@@ -571,13 +310,44 @@ class FederatedRun:
                 loss = as_float(m[keys.KEY_LOSS], what="loss", lo=0.0)
                 acc = as_float(m[keys.KEY_ACCURACY], what="accuracy", lo=0.0, hi=1.0)
             except Exception as err:  # one bad reply costs only that client
-                record.failures.setdefault(cid, f"evaluate: {type(err).__name__}: {err}")
+                failures.setdefault(cid, f"evaluate: {type(err).__name__}: {err}")
                 continue
             loss_sum += loss * n
             acc_sum += acc * n
             n_sum += n
+            ok[cid] = reply
+        return loss_sum, acc_sum, n_sum, rejected, ok
+
+    def _evaluate_round(
+        self,
+        clients: dict[int, ClientInfo],
+        round_: int,
+        candidate: Candidate,
+        current: GlobalModel,
+        record: RoundRecord,
+    ) -> GlobalModel | None:
+        """Federated evaluation of the candidate; the next model, or None if rejected."""
+        node_ids = self.strategy.evaluators(self.able(clients) or list(clients.values()), round_)
+        plan = self.strategy.configure_evaluate(round_, candidate, current, node_ids)
+        replies = self.transport.send(
+            plan.node_ids,
+            keys.MSG_EVALUATE,
+            round_,
+            plan.arrays,
+            plan.config,
+            records=plan.records,
+        )
+        loss_sum, acc_sum, n_sum, rejected, ok = self._collect_evaluations(
+            clients, plan.node_ids, replies, record
+        )
         if not rejected and n_sum == 0:
             rejected.append("no client evaluated (and so bounds-checked) the aggregate")
+        accepted: GlobalModel | None = None
+        if not rejected:
+            try:
+                accepted = self.strategy.accept(round_, candidate, ok)
+            except ProtocolError as err:
+                rejected.append(f"server step: {err}")
         if rejected:
             record.status = "failed"
             record.reason = (
@@ -585,10 +355,41 @@ class FederatedRun:
                 "model kept (" + "; ".join(rejected[:3]) + ")"
             )
             logger.warning("round %d failed: %s", round_, record.reason)
-            return False
+            return None
         if n_sum > 0:
             record.loss, record.accuracy = loss_sum / n_sum, acc_sum / n_sum
-        return True
+        return accepted
+
+    def _evaluate_final(self, clients: dict[int, ClientInfo], model: GlobalModel) -> dict[str, Any]:
+        """Every client evaluates the final model once (when rounds evaluated a sample)."""
+        if model.payload is None:
+            raise ProtocolError("final evaluation needs an accepted model; there is none")
+        node_ids = sorted(clients)
+        round_ = self.cfg.experiment.rounds + 1
+        replies = self.transport.send(
+            node_ids,
+            keys.MSG_EVALUATE,
+            round_,
+            payload_to_record(model.payload),
+            {keys.KEY_TOTAL_WEIGHT: float(model.weight)},
+        )
+        failures: dict[str, str] = {}
+        record = RoundRecord(round=round_, accuracy=None, loss=None, seconds=0.0)
+        loss_sum, acc_sum, n_sum, rejected, ok = self._collect_evaluations(
+            clients, node_ids, replies, record
+        )
+        failures.update(record.failures)
+        out: dict[str, Any] = {
+            "clients": len(ok),
+            "num_examples": n_sum,
+            "loss": loss_sum / n_sum if n_sum else None,
+            "accuracy": acc_sum / n_sum if n_sum else None,
+        }
+        if rejected or failures:
+            out["rejected"] = rejected
+            out["failures"] = failures
+        logger.info("final evaluation on %d clients: %s", len(ok), out)
+        return out
 
 
 def _parse_report(client_id: str, text: str) -> dict[str, Any]:
@@ -603,58 +404,6 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
     if not (math.isfinite(eps) and eps >= 0):
         raise ProtocolError(f"client {client_id}: privacy report epsilon must be >= 0; got {eps}")
     return dict(report)
-
-
-def _parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
-    """Parse and range-check a discovery reply.
-
-    Raises:
-        ProtocolError: A field is missing, of the wrong type or out of range.
-    """
-    for key in (
-        keys.KEY_CLIENT_ID,
-        keys.KEY_NUM_TRAIN,
-        keys.KEY_NUM_TEST,
-        keys.KEY_INPUT_SHAPE,
-        keys.KEY_NUM_CLASSES,
-    ):
-        if key not in rec:
-            raise ProtocolError(f"discovery reply must carry {key!r}; it does not")
-    client_id = rec[keys.KEY_CLIENT_ID]
-    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS:
-        raise ProtocolError(
-            f"client id must be a string of 1..{MAX_CLIENT_ID_CHARS} characters; got "
-            f"{type(client_id).__name__} of length {len(str(client_id))}"
-        )
-    text = rec[keys.KEY_INPUT_SHAPE]
-    parts = str(text).split("x")
-    if not isinstance(text, str) or not 0 < len(parts) <= MAX_INPUT_DIMS:
-        raise ProtocolError(
-            f"input shape must be 1..{MAX_INPUT_DIMS} dims like '8x8'; got {str(text)[:40]!r}"
-        )
-    shape = tuple(as_int(d, what="input shape dim", lo=1, hi=MAX_INPUT_VALUES) for d in parts)
-    if math.prod(shape) > MAX_INPUT_VALUES:
-        raise ProtocolError(
-            f"input shape must have <= {MAX_INPUT_VALUES} values; got {_shape_text(shape)}"
-        )
-    return ClientInfo(
-        nid,
-        client_id,
-        as_int(rec[keys.KEY_NUM_TRAIN], what="num-train", lo=1, hi=MAX_EXAMPLES),
-        as_int(rec[keys.KEY_NUM_TEST], what="num-test", lo=0, hi=MAX_EXAMPLES),
-        shape,
-        as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes", lo=2, hi=MAX_CLASSES),
-    )
-
-
-def _text(value: object, limit: int = 300) -> str:
-    """A client-supplied reason, cut to ``limit`` characters for logs and results."""
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape)
 
 
 __all__ = ["ClientInfo", "FederatedRun", "RunOutcome"]

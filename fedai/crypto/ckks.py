@@ -44,20 +44,23 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedai.aggregation import exact_average, quantize
-from fedai.crypto.ckks_wire import load_ckks_vector
-from fedai.crypto.envelope import MAX_SUMMANDS, Envelope, PayloadKind, Scheme
-from fedai.crypto.keys import (
+from fedai.crypto.ckks_keys import (
     ClientBundle,
     CoordinatorBundle,
+    create_ckks_keys,
+    describe,
     load_client_bundle,
     load_coordinator_bundle,
 )
+from fedai.crypto.ckks_wire import load_ckks_vector
+from fedai.crypto.envelope import MAX_SUMMANDS, Envelope, PayloadKind, Scheme
 from fedai.crypto.packing import chunk_bounds, flatten, unflatten
 from fedai.errors import (
     ConfigError,
@@ -66,8 +69,11 @@ from fedai.errors import (
     KeyFileError,
     KeyMismatchError,
 )
+from fedai.schemes import KeyOption, SchemeSpec
 
 if TYPE_CHECKING:
+    import os
+
     import tenseal as ts
 
     from fedai.aggregation import Payload, Shapes
@@ -296,6 +302,19 @@ class CkksCodec:
         return unflatten(exact_average(total, total_weight, self.round_decimals), env.specs)
 
 
+def _reference_layout(envelopes: Sequence[Envelope]) -> Envelope:
+    """The layout most payloads carry; ties go to the widest dtypes, then the earliest.
+
+    Blaming whoever differs from payload 0 would let a key holder whose payload comes
+    first get every other contribution dropped (the coordinator's round loop checks shapes
+    against the model before the sum, so what is left to disagree on is the dtypes).
+    """
+    counts = Counter(env.specs for env in envelopes)
+    order = {specs: -i for i, specs in reversed(list(enumerate(e.specs for e in envelopes)))}
+    best = max(counts, key=lambda sp: (counts[sp], sum(s.itemsize for s in sp), order[sp]))
+    return next(env for env in envelopes if env.specs == best)
+
+
 @contextlib.contextmanager
 def _blame(index: int) -> Iterator[None]:
     """Turn a payload's typed failure (or a native ValueError) into ContributionError."""
@@ -422,11 +441,11 @@ class CkksSum:
         for i, p in enumerate(payloads):
             with _blame(i):
                 opened.append(self._open_contribution(p, f"payload {i}"))
-        first = opened[0][0]
+        first = _reference_layout([env for env, _ in opened])
         for i, (env, _) in enumerate(opened):
             if env.specs != first.specs:
                 raise ContributionError(
-                    f"payload {i} layout must match payload 0 "
+                    f"payload {i} layout must match the other payloads' "
                     f"({len(first.specs)} arrays, {first.n_values} "
                     f"values); got {len(env.specs)} arrays, "
                     f"{env.n_values} values",
@@ -469,4 +488,71 @@ class CkksSum:
         return agg.to_payload(out, mac_key=self._bundle._mac_key)
 
 
-__all__ = ["CkksCodec", "CkksSum"]
+def _create_keys(
+    out_dir: str | os.PathLike[str], *, force: bool = False, overwrite: bool = False, **params: Any
+) -> ClientBundle:
+    return create_ckks_keys(out_dir, force=force, overwrite=overwrite, **params)
+
+
+def _bit_sizes(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers like 60,40,40,60; got {text!r}"
+        ) from err
+
+
+def _scale(bits: int) -> float:
+    if bits < 1:
+        raise ConfigError(f"--scale-bits must be >= 1; got {bits}")
+    return 2.0**bits
+
+
+SCHEME = SchemeSpec(
+    name="ckks",
+    summary="TenSEAL CKKS: approximate arithmetic, the coordinator holds no key",
+    wire_code=int(Scheme.CKKS),
+    coordinator_sum=CkksSum.from_config,
+    client_codec=CkksCodec.from_config,
+    create_keys=_create_keys,
+    describe_keys=describe,
+    key_options=(
+        KeyOption(
+            flag="--poly-modulus-degree",
+            kwarg="poly_modulus_degree",
+            type=int,
+            metavar="N",
+            help="CKKS ring degree (default: 8192, 4096 slots)",
+        ),
+        KeyOption(
+            flag="--coeff-mod-bit-sizes",
+            kwarg="coeff_mod_bit_sizes",
+            type=_bit_sizes,
+            metavar="BITS",
+            help="CKKS: comma-separated prime sizes, last = special prime (default: 60,50,60: "
+            "no multiplication is ever needed, so two data primes are enough; 60,40 with "
+            "--scale-bits 30 cuts the wire size 2x more)",
+        ),
+        KeyOption(
+            flag="--scale-bits",
+            kwarg="global_scale",
+            type=int,
+            metavar="BITS",
+            convert=_scale,
+            help="CKKS: log2 of the scale (default: 40)",
+        ),
+        KeyOption(
+            flag="--encryption",
+            kwarg="encryption",
+            choices=("symmetric", "public-key"),
+            help="CKKS: symmetric (default): no public key is made; 2x faster, 10x less "
+            "noise. public-key: textbook CKKS",
+        ),
+    ),
+)
+
+
+__all__ = ["SCHEME", "CkksCodec", "CkksSum"]

@@ -1,65 +1,64 @@
 """``fedai keys``: create and inspect secure-aggregation key bundles.
 
-``fedai keys create --scheme ckks --out DIR`` writes ``DIR/client.bundle`` (secret key,
-mode 0600) and ``DIR/coordinator.bundle`` (no key), creating DIR with mode 0700 if it is
-missing; ``fedai keys show DIR`` prints the fingerprint, the parameters and which bundles
-are present -- never key material.
+``fedai keys create --scheme SCHEME --out DIR`` writes ``DIR/client.bundle`` (secret key,
+mode 0600) and ``DIR/coordinator.bundle`` (public material only), creating DIR with mode
+0700 if it is missing; ``fedai keys show DIR`` prints the fingerprint, the parameters and
+which bundles are present -- never key material. The schemes, and each scheme's own
+options, come from the registry (:mod:`fedai.schemes`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from fedai.crypto.keys import (
+from fedai.crypto.bundle import (
     CLIENT_BUNDLE,
     COORDINATOR_BUNDLE,
-    MAX_TOTAL_BITS_128,
     BundleInfo,
-    create_keys,
     read_bundle_info,
 )
 from fedai.errors import ConfigError, KeyFileError
-
-
-def _bit_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated integers like 60,40,40,60; got {text!r}"
-        ) from err
+from fedai.schemes import get_scheme, key_scheme, key_scheme_names, scheme_names
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    if args.scale_bits < 1:
-        raise ConfigError(f"--scale-bits must be >= 1; got {args.scale_bits}")
-    bundle = create_keys(
-        args.out,
-        scheme=args.scheme,
-        poly_modulus_degree=args.poly_modulus_degree,
-        coeff_mod_bit_sizes=args.coeff_mod_bit_sizes,
-        global_scale=2.0**args.scale_bits,
-        encryption=args.encryption,
-        force=args.force,
-        overwrite=args.overwrite,
-    )
+    spec = key_scheme(args.scheme)
+    params: dict[str, Any] = {}
+    for name in key_scheme_names():
+        for option in get_scheme(name).key_options:
+            value = getattr(args, _dest(name, option.kwarg), None)
+            if value is None:
+                continue
+            if name != spec.name:
+                raise ConfigError(
+                    f"{option.flag} applies to --scheme {name}; got --scheme {spec.name}"
+                )
+            params[option.kwarg] = option.convert(value) if option.convert else value
+    assert spec.create_keys is not None  # key_scheme() returns schemes with keys only
+    bundle = spec.create_keys(args.out, force=args.force, overwrite=args.overwrite, **params)
     out = Path(args.out)
-    print(
-        f"created {bundle.params.poly_modulus_degree}-degree CKKS key set "
-        f"{bundle.fingerprint.hex()} ({bundle.encryption} encryption)"
-    )
+    row = _describe(read_bundle_info(out / CLIENT_BUNDLE))
+    print(f"created {spec.name} key set {bundle.fingerprint.hex()}  {row['summary']}")
     print(f"  {out / CLIENT_BUNDLE}  (secret key, mode 0600: give to every client)")
-    print(f"  {out / COORDINATOR_BUNDLE}  (no key: give to the coordinator)")
+    print(f"  {out / COORDINATOR_BUNDLE}  (public material only: give to the coordinator)")
     return 0
 
 
+def _dest(scheme: str, kwarg: str) -> str:
+    return f"{scheme}_option_{kwarg}"
+
+
 def _describe(info: BundleInfo) -> dict[str, Any]:
-    p = info.params
-    return {
+    if info.scheme not in scheme_names():
+        raise KeyFileError(
+            f"{info.path}: expected a scheme in {', '.join(key_scheme_names())}; "
+            f"got {info.scheme!r}"
+        )
+    spec = get_scheme(info.scheme)
+    row: dict[str, Any] = {
         "path": str(info.path),
         "kind": info.kind,
         "bytes": info.size_bytes,
@@ -67,16 +66,11 @@ def _describe(info: BundleInfo) -> dict[str, Any]:
         "fingerprint": info.fingerprint,
         "created": info.created,
         "scheme": info.scheme,
-        "encryption": info.extra.get("encryption", "public-key"),
-        "poly_modulus_degree": p.poly_modulus_degree,
-        "coeff_mod_bit_sizes": list(p.coeff_mod_bit_sizes),
-        "total_bits": p.total_bits,
-        "max_total_bits_128": MAX_TOTAL_BITS_128.get(p.poly_modulus_degree),
-        "scale_bits": math.log2(p.global_scale),
-        "slots": p.slots,
-        "secure_128": not p.security_problems(),
         "forced": info.forced,
     }
+    if spec.describe_keys is not None:
+        row.update(spec.describe_keys(info))
+    return row
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -103,14 +97,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     first = rows[0]
     print(f"key set     {first['fingerprint']}")
-    print(
-        f"scheme      {first['scheme']} ({first['encryption']})  "
-        f"N={first['poly_modulus_degree']}  "
-        f"bits={first['coeff_mod_bit_sizes']} (total {first['total_bits']}, "
-        f"<= {first['max_total_bits_128']} for 128-bit)  scale=2^{first['scale_bits']:g}  "
-        f"slots={first['slots']}"
-    )
-    print(f"security    {'128-bit profile' if first['secure_128'] else 'BELOW 128-bit (forced)'}")
+    print(f"scheme      {first['scheme']} {first.get('summary', '')}".rstrip())
+    if "security" in first:
+        print(f"security    {first['security']}")
     for r in rows:
         print(
             f"{r['kind']:<12}{r['path']}  {r['bytes']} bytes  mode {r['mode']}  "
@@ -127,41 +116,34 @@ def register(subparsers: Any) -> None:
     keys.set_defaults(func=lambda _args: (keys.print_help(), 2)[1])
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
 
+    names = key_scheme_names()
     create = sub.add_parser("create", help="generate a key set (client + coordinator bundles)")
     create.add_argument(
-        "--scheme", choices=["ckks"], default="ckks", help="encryption scheme (default: ckks)"
+        "--scheme",
+        choices=names,
+        default=names[0],
+        help="encryption scheme: "
+        + "; ".join(f"{n}: {get_scheme(n).summary}" for n in names)
+        + f" (default: {names[0]})",
     )
     create.add_argument("--out", required=True, metavar="DIR", help="key directory to write")
-    create.add_argument(
-        "--poly-modulus-degree",
-        type=int,
-        default=8192,
-        metavar="N",
-        help="CKKS ring degree (default: 8192, 4096 slots)",
-    )
-    create.add_argument(
-        "--coeff-mod-bit-sizes",
-        type=_bit_sizes,
-        default=(60, 50, 60),
-        metavar="BITS",
-        help="comma-separated prime sizes, last = special "
-        "prime (default: 60,50,60: no multiplication is ever needed, so two data primes are "
-        "enough; 60,40 with --scale-bits 30 cuts the wire size 2x more)",
-    )
-    create.add_argument(
-        "--scale-bits", type=int, default=40, help="log2 of the CKKS scale (default: 40)"
-    )
-    create.add_argument(
-        "--encryption",
-        choices=["symmetric", "public-key"],
-        default="symmetric",
-        help="symmetric (default): no public key is made; 2x faster, 10x less noise. "
-        "public-key: textbook CKKS",
-    )
+    for name in names:
+        group = create.add_argument_group(f"{name} options")
+        for option in get_scheme(name).key_options:
+            group.add_argument(
+                option.flag,
+                dest=_dest(name, option.kwarg),
+                type=option.type,
+                choices=option.choices,
+                metavar=option.metavar,
+                default=None,
+                help=option.help,
+            )
     create.add_argument(
         "--force",
         action="store_true",
-        help="accept parameters below the 128-bit profile (N < 8192)",
+        help="accept parameters below fedai's security floor (each scheme keeps hard "
+        "limits it refuses even when forced)",
     )
     create.add_argument(
         "--overwrite", action="store_true", help="replace an existing key set in DIR"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -51,7 +52,12 @@ _MAC_DOMAIN = b"fedai/payload-mac/v1\x00"
 
 
 class Scheme(IntEnum):
-    """Encryption scheme code recorded in the header."""
+    """Encryption scheme codes of the built-in schemes, recorded in the header.
+
+    The registry (:mod:`fedai.schemes`) owns the codes: each ``SchemeSpec.wire_code`` is
+    unique, and the envelope accepts any code in 1..255, so a new scheme picks a free one
+    in its own module and needs no member here.
+    """
 
     CKKS = 1
     PAILLIER = 2
@@ -78,7 +84,7 @@ class Envelope:
         specs: Shape and dtype of each model array, in order.
     """
 
-    scheme: Scheme
+    scheme: int
     kind: PayloadKind
     fingerprint: bytes
     n_values: int
@@ -133,7 +139,7 @@ class Envelope:
         cls,
         payload: Sequence[np.ndarray],
         *,
-        scheme: Scheme,
+        scheme: int,
         fingerprint: bytes,
         mac_key: bytes,
         slots: int,
@@ -187,7 +193,7 @@ class Envelope:
             raise CorruptPayloadError(f"payload version must be {VERSION}; got {version}")
         if scheme_code != int(scheme):
             raise KeyMismatchError(
-                f"payload scheme must be {scheme.name.lower()}; got code {scheme_code}"
+                f"payload scheme must be {_scheme_name(scheme)}; got code {scheme_code}"
             )
         if not hmac.compare_digest(fp, fingerprint):
             raise KeyMismatchError(
@@ -260,6 +266,33 @@ class Envelope:
         return env, body
 
 
+def reference_layout(envelopes: Sequence[Envelope]) -> Envelope:
+    """The layout most contributions carry; ties go to the widest dtypes, then the earliest.
+
+    A sum blames the contributions that differ from this one. Blaming whoever differs from
+    payload 0 would let a key holder whose payload happens to come first get every other
+    contribution dropped.
+
+    Raises:
+        ValueError: No envelopes.
+    """
+    if not envelopes:
+        raise ValueError("reference_layout needs at least one envelope; got none")
+    counts = Counter(env.specs for env in envelopes)
+    first_seen: dict[tuple[ArraySpec, ...], int] = {}
+    for i, env in enumerate(envelopes):
+        first_seen.setdefault(env.specs, i)
+    best = max(counts, key=lambda sp: (counts[sp], sum(s.itemsize for s in sp), -first_seen[sp]))
+    return envelopes[first_seen[best]]
+
+
+def _scheme_name(code: int) -> str:
+    try:
+        return Scheme(code).name.lower()
+    except ValueError:
+        return f"code {int(code)}"
+
+
 def _as_bytes_array(a: object, what: str) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 1:
         got = f"{a.dtype}{list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
@@ -305,4 +338,12 @@ def _tag(mac_key: bytes, header: bytes, body: Sequence[np.ndarray]) -> bytes:
     return mac.digest()
 
 
-__all__ = ["MAGIC", "MAX_SUMMANDS", "VERSION", "Envelope", "PayloadKind", "Scheme"]
+__all__ = [
+    "MAGIC",
+    "MAX_SUMMANDS",
+    "VERSION",
+    "Envelope",
+    "PayloadKind",
+    "Scheme",
+    "reference_layout",
+]

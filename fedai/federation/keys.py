@@ -53,3 +53,11 @@ NODE_CLIENT_ID: Final = "client-id"
 NODE_DATA_PATH: Final = policy.NODE_DATA_PATH
 NODE_STATE_DIR: Final = policy.NODE_STATE_DIR
 NODE_KEY_DIR: Final = policy.NODE_KEY_DIR
+
+# Strategies (fedai.strategies): stragglers and the server step under HE.
+KEY_WORK_FRACTION: Final = "fedai.work-fraction"  # a straggler's share of its local steps
+KEY_SERVER_STEP: Final = "fedai.server-step"  # evaluators run the server optimiser step
+KEY_MODEL_WEIGHT: Final = "fedai.model-weight"  # total weight of REC_MODEL's payload
+KEY_FINGERPRINT: Final = "fedai.fingerprint"  # SHA-256 of the stepped model and state
+REC_MODEL: Final = "fedai.model"  # ArrayRecord: the current global model (server step)
+REC_STATE: Final = "fedai.opt-state"  # ArrayRecord: the server optimiser's state

@@ -144,6 +144,7 @@ def train_dp_sgd(
     noise_generator: torch.Generator | None = None,
     sampling_generator: torch.Generator | None = None,
     criterion: nn.Module | None = None,
+    max_steps: int | None = None,
 ) -> PrivateTrainingResult:
     """Train a copy of ``model`` with DP-SGD for ``epochs`` epochs (Abadi et al. 2016).
 
@@ -175,6 +176,8 @@ def train_dp_sgd(
             batches are secret, so they must never follow from a seed others know (the
             experiment seed, a client id, a round number). Tests pass a seeded one.
         criterion: the loss (mean reduction); cross-entropy by default.
+        max_steps: stop after this many noised steps (a straggler's partial work); the
+            event then records the steps that ran, which is what the ledger charges.
 
     Returns:
         A :class:`PrivateTrainingResult`.
@@ -251,6 +254,7 @@ def train_dp_sgd(
             noise_generator=engine.secure_rng if secure_mode else noise_generator,
             loader_generator=engine.secure_rng,
             secure_mode=secure_mode,
+            max_steps=max_steps,
         )
         total_loss, batches = run.total_loss, run.nonempty_batches
         state = _strip_module_prefix(work.state_dict())
@@ -266,6 +270,7 @@ def train_dp_sgd(
             max_grad_norm=max_grad_norm,
             grad_sample_mode=grad_sample_mode,
             noise_generator=noise_generator,
+            max_steps=max_steps,
         )
     if sorted(state) != sorted(keys):
         raise ModelError(
@@ -303,6 +308,7 @@ def _train_opacus(
     max_grad_norm: float,
     grad_sample_mode: str,
     noise_generator: torch.Generator | None,
+    max_steps: int | None = None,
 ) -> tuple[float, int, dict[str, torch.Tensor]]:
     """Opacus' own modes: ``make_private`` then the usual loop; hooks removed after."""
     with warnings.catch_warnings():
@@ -325,9 +331,13 @@ def _train_opacus(
             dp_model, dp_optimizer, dp_loader = made
             dp_loss_fn = loss_fn
         try:
-            total_loss, batches = 0.0, 0
+            total_loss, batches, steps = 0.0, 0, 0
             for _ in range(epochs):
+                if max_steps is not None and steps >= max_steps:
+                    break
                 for features, labels in dp_loader:
+                    if max_steps is not None and steps >= max_steps:
+                        break
                     dp_optimizer.zero_grad(set_to_none=True)
                     logits = dp_model(features)
                     if len(labels) > 0:
@@ -339,6 +349,7 @@ def _train_opacus(
                         loss = logits.sum() * 0.0
                     loss.backward()
                     dp_optimizer.step()
+                    steps += 1
             dp_optimizer.zero_grad(set_to_none=True)
             inner = getattr(dp_model, "_module", dp_model)
             state = _strip_module_prefix(inner.state_dict())
@@ -371,8 +382,12 @@ def private_round(
     secure_mode: bool = False,
     noise_generator: torch.Generator | None = None,
     sampling_generator: torch.Generator | None = None,
+    max_steps: int | None = None,
 ) -> tuple[PrivateTrainingResult, LedgerEntry]:
     """Check the budget, train one DP-SGD round, record it: dry run, then commit.
+
+    The budget check charges the full plan; the ledger records what ran (fewer steps
+    when ``max_steps`` cuts the round short, e.g. a straggler).
 
     Raises:
         InvalidPrivacyParameterError / ModelError: bad settings, before training.
@@ -405,8 +420,16 @@ def private_round(
         secure_mode=secure_mode,
         noise_generator=noise_generator,
         sampling_generator=sampling_generator,
+        max_steps=max_steps,
     )
-    if result.event != plan:
+    if max_steps is not None and result.event.steps < plan.steps:
+        logger.info(
+            "client %s: partial round, %d of %d planned steps; recording what ran",
+            ledger.client_id,
+            result.event.steps,
+            plan.steps,
+        )
+    elif result.event != plan:
         logger.warning(
             "client %s: Opacus recorded %s, plan was %s; recording what ran",
             ledger.client_id,

@@ -390,6 +390,7 @@ def train_fused(
     noise_generator: torch.Generator | None,
     loader_generator: torch.Generator | None = None,
     secure_mode: bool = False,
+    max_steps: int | None = None,
 ) -> FusedRun:
     """Train ``model`` in place with fused DP-SGD, one accountant step per optimizer step.
 
@@ -412,6 +413,8 @@ def train_fused(
         noise_multiplier: sigma.
         max_grad_norm: per-example clipping norm ``C``.
         accountant: an Opacus accountant; it receives one ``step`` per optimizer step.
+        max_steps: stop after this many steps (a straggler's partial work); the
+            accountant then holds only the steps that ran.
         noise_generator: torch RNG for the noise (Opacus' ``noise_generator``).
         loader_generator: RNG for Poisson sampling; ``None`` keeps the loader's own, as
             ``make_private`` does outside secure mode.
@@ -446,7 +449,11 @@ def train_fused(
     with FusedClipper(model, params, max_grad_norm=max_grad_norm) as clipper:
         try:
             for _ in range(epochs):
+                if max_steps is not None and steps >= max_steps:
+                    break
                 for features, labels in dp_loader:
+                    if max_steps is not None and steps >= max_steps:
+                        break
                     if len(labels) == 0:  # empty Poisson batch: a noise-only step
                         sums = [torch.zeros_like(p) for p in params]
                     else:

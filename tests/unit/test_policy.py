@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fedai.config import ExperimentConfig
+from fedai.crypto import create_keys
 from fedai.errors import ConfigError
-from fedai.policy import NodePolicy
+from fedai.policy import SCHEMES, NodePolicy
+from fedai.schemes import scheme_names
 
 
 def cfg(**sections: dict[str, object]) -> ExperimentConfig:
@@ -26,14 +30,34 @@ def test_simulation_node_config_allows_what_the_experiment_asks() -> None:
     assert policy.budget(None) is None
 
 
-def test_a_key_dir_requires_its_scheme() -> None:
-    policy = NodePolicy.from_node_config({"key-dir": "/keys"})
+@pytest.mark.parametrize(
+    ("scheme", "params"), [("ckks", {}), ("paillier", {"key_bits": 1024, "force": True})]
+)
+def test_a_key_dir_requires_its_scheme(
+    tmp_path: Path, scheme: str, params: dict[str, object]
+) -> None:
+    create_keys(tmp_path, scheme=scheme, **params)
+    policy = NodePolicy.from_node_config({"key-dir": str(tmp_path)})
 
     (reason,) = policy.violations(cfg(secure_aggregation={"scheme": "none"}))
 
-    assert policy.require_scheme == "ckks"
-    assert "secure_aggregation.scheme must be 'ckks' (node policy)" in reason
+    assert policy.require_scheme == scheme
+    assert f"secure_aggregation.scheme must be {scheme!r} (node policy)" in reason
     assert "asked for 'none'" in reason
+
+
+def test_a_key_dir_without_keys_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key-dir must hold a key set"):
+        NodePolicy.from_node_config({"key-dir": str(tmp_path)})
+
+
+def test_policy_schemes_come_from_the_registry() -> None:
+    policy = NodePolicy.from_node_config({"require-scheme": "paillier"})
+
+    (reason,) = policy.violations(cfg(secure_aggregation={"scheme": "none"}))
+
+    assert scheme_names() == SCHEMES
+    assert "secure_aggregation.scheme must be 'paillier' (node policy)" in reason
 
 
 def test_own_data_with_dp_needs_a_state_dir() -> None:

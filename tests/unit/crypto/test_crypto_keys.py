@@ -186,7 +186,7 @@ def test_modulus_beyond_the_standard_table_refused_even_when_forced(tmp_path: Pa
         ({"coeff_mod_bit_sizes": (61, 40, 60)}, r"\[17, 60\]"),
         ({"global_scale": 2.0**10}, ">= 2\\*\\*20"),
         ({"coeff_mod_bit_sizes": (30, 60)}, "no headroom"),
-        ({"scheme": "paillier"}, "scheme must be 'ckks'"),
+        ({"scheme": "rot13"}, "keys scheme must be one of 'ckks', 'paillier'; got 'rot13'"),
     ],
 )
 def test_malformed_parameters_are_config_errors(
