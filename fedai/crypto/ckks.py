@@ -44,7 +44,6 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,13 @@ from fedai.crypto.ckks_keys import (
     load_coordinator_bundle,
 )
 from fedai.crypto.ckks_wire import load_ckks_vector
-from fedai.crypto.envelope import MAX_SUMMANDS, Envelope, PayloadKind, Scheme
+from fedai.crypto.envelope import (
+    MAX_SUMMANDS,
+    Envelope,
+    PayloadKind,
+    Scheme,
+    reference_layout,
+)
 from fedai.crypto.packing import chunk_bounds, flatten, unflatten
 from fedai.errors import (
     ConfigError,
@@ -302,19 +307,6 @@ class CkksCodec:
         return unflatten(exact_average(total, total_weight, self.round_decimals), env.specs)
 
 
-def _reference_layout(envelopes: Sequence[Envelope]) -> Envelope:
-    """The layout most payloads carry; ties go to the widest dtypes, then the earliest.
-
-    Blaming whoever differs from payload 0 would let a key holder whose payload comes
-    first get every other contribution dropped (the coordinator's round loop checks shapes
-    against the model before the sum, so what is left to disagree on is the dtypes).
-    """
-    counts = Counter(env.specs for env in envelopes)
-    order = {specs: -i for i, specs in reversed(list(enumerate(e.specs for e in envelopes)))}
-    best = max(counts, key=lambda sp: (counts[sp], sum(s.itemsize for s in sp), order[sp]))
-    return next(env for env in envelopes if env.specs == best)
-
-
 @contextlib.contextmanager
 def _blame(index: int) -> Iterator[None]:
     """Turn a payload's typed failure (or a native ValueError) into ContributionError."""
@@ -441,7 +433,7 @@ class CkksSum:
         for i, p in enumerate(payloads):
             with _blame(i):
                 opened.append(self._open_contribution(p, f"payload {i}"))
-        first = _reference_layout([env for env, _ in opened])
+        first = reference_layout([env for env, _ in opened])
         for i, (env, _) in enumerate(opened):
             if env.specs != first.specs:
                 raise ContributionError(
