@@ -18,12 +18,13 @@ The round-1 model is never sent: every party builds it from the experiment seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 
-from fedai.errors import ContributionError, CorruptPayloadError
+from fedai.errors import ContributionError, CorruptPayloadError, KeyMismatchError
 
 Payload = list[np.ndarray]
 Shapes = Sequence[tuple[int, ...]]
@@ -58,6 +59,22 @@ class ClientCodec(Protocol):
 
     def decode(self, payload: Payload, total_weight: float, shapes: Shapes) -> list[np.ndarray]:
         """Return ``payload / total_weight`` as arrays of ``shapes``; bounds-checked."""
+
+
+@contextlib.contextmanager
+def blame(index: int, *, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Turn payload ``index``'s typed failure into :class:`ContributionError` naming it.
+
+    ``also`` adds exception types a scheme's native library raises on bad input (TenSEAL's
+    ``ValueError``/``RuntimeError``), so they blame the payload too.
+    """
+    caught: tuple[type[Exception], ...] = (CorruptPayloadError, KeyMismatchError, *also)
+    try:
+        yield
+    except ContributionError:
+        raise
+    except caught as err:
+        raise ContributionError(f"{type(err).__name__}: {err}", index=index) from err
 
 
 def quantize(values: np.ndarray, decimals: int | None) -> np.ndarray:
@@ -178,6 +195,7 @@ __all__ = [
     "PlainSum",
     "SecureSum",
     "Shapes",
+    "blame",
     "exact_average",
     "quantize",
 ]

@@ -40,16 +40,15 @@ the decryption error is the provable countermeasure, at an accuracy cost.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedai.aggregation import exact_average, quantize
+from fedai.aggregation import blame, exact_average, quantize
 from fedai.crypto.ckks_keys import (
     ClientBundle,
     CoordinatorBundle,
@@ -72,7 +71,6 @@ from fedai.errors import (
     ContributionError,
     CorruptPayloadError,
     KeyFileError,
-    KeyMismatchError,
 )
 from fedai.schemes import KeyOption, SchemeSpec
 
@@ -85,6 +83,9 @@ if TYPE_CHECKING:
     from fedai.config import SecureAggregationSection
 
 logger = logging.getLogger(__name__)
+
+#: What TenSEAL raises on a ciphertext it cannot use; it blames the payload, too.
+_NATIVE_ERRORS = (ValueError, RuntimeError)
 
 
 def _deserialize(
@@ -307,17 +308,6 @@ class CkksCodec:
         return unflatten(exact_average(total, total_weight, self.round_decimals), env.specs)
 
 
-@contextlib.contextmanager
-def _blame(index: int) -> Iterator[None]:
-    """Turn a payload's typed failure (or a native ValueError) into ContributionError."""
-    try:
-        yield
-    except ContributionError:
-        raise
-    except (CorruptPayloadError, KeyMismatchError, ValueError, RuntimeError) as err:
-        raise ContributionError(f"{type(err).__name__}: {err}", index=index) from err
-
-
 class CkksSum:
     """Coordinator side of CKKS secure aggregation: authenticates and adds, holds no key.
 
@@ -431,7 +421,7 @@ class CkksSum:
         start = time.perf_counter()
         opened = []
         for i, p in enumerate(payloads):
-            with _blame(i):
+            with blame(i, also=_NATIVE_ERRORS):
                 opened.append(self._open_contribution(p, f"payload {i}"))
         first = reference_layout([env for env, _ in opened])
         for i, (env, _) in enumerate(opened):
@@ -449,10 +439,10 @@ class CkksSum:
             # Accumulate into the first freshly loaded vector: CKKSVector.copy() segfaults
             # on a keyless context (TenSEAL 0.3.18), so never copy here. Every vector is
             # validated as it loads (load_ckks_vector) before it is added.
-            with _blame(0):
+            with blame(0, also=_NATIVE_ERRORS):
                 acc = _deserialize(context, opened[0][1][j], hi - lo, f"payload 0 ciphertext {j}")
             for i in range(1, len(opened)):
-                with _blame(i):
+                with blame(i, also=_NATIVE_ERRORS):
                     acc.add_(
                         _deserialize(
                             context, opened[i][1][j], hi - lo, f"payload {i} ciphertext {j}"

@@ -59,7 +59,6 @@ path: the client trains meanwhile).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -68,7 +67,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
@@ -76,6 +75,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gmpy2 import mpz
 
+from fedai.aggregation import blame
 from fedai.crypto.envelope import (
     MAX_SUMMANDS,
     Envelope,
@@ -103,10 +103,8 @@ from fedai.crypto.paillier_math import (
 from fedai.crypto.quantize import SlotLayout, pack, quantize_stochastic, to_slots, unpack
 from fedai.errors import (
     ConfigError,
-    ContributionError,
     CorruptPayloadError,
     KeyFileError,
-    KeyMismatchError,
 )
 from fedai.schemes import KeyOption, SchemeSpec
 
@@ -557,17 +555,6 @@ class PaillierCodec:
         return unflatten(sums.astype(np.float64) * scale, specs)
 
 
-@contextlib.contextmanager
-def _blame(index: int) -> Iterator[None]:
-    """Turn a payload's typed failure into ContributionError naming it."""
-    try:
-        yield
-    except ContributionError:
-        raise
-    except (CorruptPayloadError, KeyMismatchError) as err:
-        raise ContributionError(f"{type(err).__name__}: {err}", index=index) from err
-
-
 class PaillierSum:
     """Coordinator side: authenticates, validates and multiplies ciphertexts mod ``n^2``.
 
@@ -690,12 +677,12 @@ class PaillierSum:
         start = time.perf_counter()
         envelopes: list[tuple[Envelope, list[np.ndarray]]] = []
         for i, p in enumerate(payloads):
-            with _blame(i):
+            with blame(i):
                 envelopes.append(self._open_contribution(p, f"payload {i}"))
         first = reference_layout([env for env, _ in envelopes])
         opened: list[list[mpz]] = []
         for i, (env, blobs) in enumerate(envelopes):
-            with _blame(i):
+            with blame(i):
                 if env.specs != first.specs:
                     raise CorruptPayloadError(
                         f"payload {i} layout must match the other payloads' "
