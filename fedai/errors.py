@@ -8,6 +8,14 @@ gRPC service) translates them into exit codes or error replies.
 
 from __future__ import annotations
 
+# Exit statuses of every fedai command (the one place they are defined; `fedai --help`
+# lists them).
+EXIT_OK = 0  # the command did what was asked
+EXIT_FAILED = 1  # it ran but failed: no accepted round, the last rounds all failed, or it
+#                  stopped for a reason other than finishing (results.json says why)
+EXIT_USAGE = 2  # bad input found before anything ran: config, data, keys, paths, ports
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
 
 class FedAIError(Exception):
     """Base class of every error fedai raises on purpose."""
