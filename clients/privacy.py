@@ -2,15 +2,23 @@
 
 The ledger (the client's whole DP-SGD history) persists across rounds although Flower
 rebuilds the ClientApp for every message: in ``Context.state`` in simulation, and on disk
-(atomic writes) under ``node_config["state-dir"]`` on a real node, so an agent restart
-continues the history and never resets epsilon. The math is in :mod:`fedai.privacy`.
+(atomic writes) under ``node_config["state-dir"]`` on a real node (``fedai simulate``
+gives its simulated nodes one in the results directory), so an agent restart continues the
+history and never resets epsilon. The math is in :mod:`fedai.privacy`.
+
+Coordinator crashes: every train message names the run (:class:`RunRef`: run id, the
+coordinator's session, and the round it resumed after). The ledger records the run id
+with each charge, marks the rounds a resumed coordinator lost, and refuses to charge the
+same (run id, round) twice (:meth:`fedai.privacy.ledger.PrivacyLedger.start_round` says
+why: a second training is a second, real privacy cost).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +29,13 @@ from torch import nn
 
 from fedai.config import ExperimentConfig
 from fedai.data import ClientData
-from fedai.errors import PolicyViolationError
+from fedai.errors import PolicyViolationError, ProtocolError
 from fedai.federation import keys
+from fedai.federation.records import as_int
 from fedai.policy import NodePolicy
 from fedai.privacy.accounting import resolve_delta
 from fedai.privacy.dpsgd import planned_event, private_round
-from fedai.privacy.ledger import PrivacyLedger
+from fedai.privacy.ledger import MAX_ID_CHARS, PrivacyLedger
 from fedai.privacy.plan import client_noise_multiplier
 from fedai.privacy.user_level import clip_and_noise
 from fedai.strategies.fedprox import add_proximal_term
@@ -36,6 +45,55 @@ logger = logging.getLogger(__name__)
 
 STATE_LEDGER = "fedai.ledger"  # Context.state ConfigRecord holding the ledger JSON
 LEDGER_FILE = "ledger-{client_id}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """The coordinator's run as a train message names it.
+
+    Attributes:
+        run_id: Random id of the run, kept when the coordinator resumes.
+        session: Random id of the coordinator's current start.
+        resumed_after: The last round the coordinator had completed when it (re)started
+            (0 for a run that never resumed).
+    """
+
+    run_id: str
+    session: str
+    resumed_after: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object], *, round_: int) -> RunRef | None:
+        """Parse a train message's config; None if the coordinator names no run.
+
+        Raises:
+            ProtocolError: a run id or session that is not a short printable string, or
+                a ``resumed-after`` that is not a round before ``round_``.
+        """
+        if keys.KEY_RUN_ID not in config:
+            return None
+        run_id, session = config[keys.KEY_RUN_ID], config.get(keys.KEY_RUN_SESSION, "")
+        for key, value, empty_ok in (
+            (keys.KEY_RUN_ID, run_id, False),
+            (keys.KEY_RUN_SESSION, session, True),
+        ):
+            if (
+                not isinstance(value, str)
+                or len(value) > MAX_ID_CHARS
+                or not (value or empty_ok)
+                or not value.isprintable()
+            ):
+                raise ProtocolError(
+                    f"{key} must be a printable string of 1..{MAX_ID_CHARS} characters; got "
+                    f"{type(value).__name__} of length {len(str(value))}"
+                )
+        after = as_int(
+            config.get(keys.KEY_RESUMED_AFTER, 0),
+            what=keys.KEY_RESUMED_AFTER,
+            lo=0,
+            hi=max(0, round_ - 1),
+        )
+        return cls(str(run_id), str(session), after)
 
 
 class LedgerStore:
@@ -53,13 +111,33 @@ class LedgerStore:
         )
 
     def open(
-        self, cfg: ExperimentConfig, *, num_samples: int, budget_epsilon: float | None
+        self,
+        cfg: ExperimentConfig,
+        *,
+        num_samples: int,
+        budget_epsilon: float | None,
+        run: RunRef | None = None,
     ) -> PrivacyLedger:
         """Return the client's ledger (continued, never reset) under the current settings.
 
         ``budget_epsilon`` is the budget to apply (the node policy's narrowing of the
-        coordinator's ``privacy.budget_epsilon``).
+        coordinator's ``privacy.budget_epsilon``). With ``run``, the rounds of that run the
+        coordinator lost (see :meth:`PrivacyLedger.mark_lost`) are marked and saved.
         """
+        ledger = self._open(cfg, num_samples=num_samples, budget_epsilon=budget_epsilon)
+        if (
+            run is not None
+            and run.session
+            and ledger.mark_lost(
+                run_id=run.run_id, session=run.session, resumed_after=run.resumed_after
+            )
+        ):
+            self.save(ledger)
+        return ledger
+
+    def _open(
+        self, cfg: ExperimentConfig, *, num_samples: int, budget_epsilon: float | None
+    ) -> PrivacyLedger:
         p = cfg.privacy
         delta = resolve_delta(p.delta, num_samples=num_samples)
         if self.path is not None:
@@ -108,6 +186,7 @@ def report(ledger: PrivacyLedger, *, noise_multiplier: float | None) -> str:
             "accountant": ledger.accountant,
             "noise_multiplier": noise_multiplier,
             "rounds_trained": len(ledger),
+            "rounds_lost": len(ledger.lost),
             "budget_epsilon": ledger.budget_epsilon,
             "exhausted": ledger.exhausted,
             "history": [list(e) for e in ledger.history],
@@ -125,8 +204,12 @@ def train_private(
     policy: NodePolicy | None = None,
     proximal_mu: float = 0.0,
     work_fraction: float = 1.0,
+    run: RunRef | None = None,
 ) -> tuple[float, float]:
     """One DP-SGD round on ``model`` (in place); returns (mean loss, sigma used).
+
+    With ``run``, the round is first claimed in the ledger for that run
+    (:meth:`PrivacyLedger.start_round`) and recorded with its run id and session.
 
     ``proximal_mu > 0`` adds FedProx's proximal step after clipping and noise
     (:func:`fedai.strategies.fedprox.add_proximal_term`); ``work_fraction < 1`` runs only
@@ -140,7 +223,11 @@ def train_private(
         PolicyViolationError: before training, if sigma is below the node policy's floor
             or the round would add more epsilon than the policy allows per round.
         PrivacyBudgetExceededError: before training, if the round would pass the budget.
+        RoundAlreadyChargedError: before training, if the ledger already charged this
+            round of ``run``.
     """
+    if run is not None:
+        ledger.start_round(run_id=run.run_id, round=round_, session=run.session)
     t = cfg.train
     n = len(data.y_train)
     sigma = client_noise_multiplier(
@@ -238,4 +325,4 @@ def user_level_contribution(
     return weights, {"update_norm": out.norm, "clipped": out.clipped, "noise_std": out.noise_std}
 
 
-__all__ = ["LedgerStore", "report", "train_private", "user_level_contribution"]
+__all__ = ["LedgerStore", "RunRef", "report", "train_private", "user_level_contribution"]

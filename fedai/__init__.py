@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+_DISTRIBUTION = "fedai"
 
 _EXPORTS: dict[str, str] = {
     "ClientCodec": "fedai.aggregation",
@@ -43,8 +43,22 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
+def _package_version() -> str:
+    """The installed distribution's version (package metadata, so it cannot drift)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(_DISTRIBUTION)
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
-    """Import a facade name on first use."""
+    """Import a facade name (or read ``__version__``) on first use."""
+    if name == "__version__":
+        value: Any = _package_version()
+        globals()[name] = value
+        return value
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

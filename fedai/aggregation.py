@@ -29,6 +29,13 @@ from fedai.errors import ContributionError, CorruptPayloadError, KeyMismatchErro
 Payload = list[np.ndarray]
 Shapes = Sequence[tuple[int, ...]]
 
+#: What to try when model values pass ``secure_aggregation.update_bound`` (appended to the
+#: bounds-check messages; it quotes no value).
+BOUND_HINT = (
+    "the model diverged or its inputs are unscaled: standardise the features "
+    '(data.standardize = "zscore"), lower train.lr, or raise secure_aggregation.update_bound'
+)
+
 
 class SecureSum(Protocol):
     """Coordinator side: validates and adds payloads. Holds no secret key."""
@@ -183,12 +190,14 @@ class PlainCodec:
         worst = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in avg)
         if worst > self.bound:
             raise CorruptPayloadError(
-                f"aggregate values must be within +-{self.bound:g}; got {worst:g}"
+                f"secure_aggregation.update_bound: aggregate values must be within "
+                f"+-{self.bound:g}; got {worst:g}; {BOUND_HINT}"
             )
         return [a.astype(np.float32) for a in avg]
 
 
 __all__ = [
+    "BOUND_HINT",
     "ClientCodec",
     "Payload",
     "PlainCodec",

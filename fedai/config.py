@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from fedai.errors import ConfigError
 
 PartitionName = Literal["iid", "dirichlet", "shards"]
+StandardizeMode = Literal["auto", "none", "zscore"]
 PrivacyMode = Literal["none", "local", "local+user"]
 AccountantName = Literal["rdp", "prv"]
 GradSampleMode = Literal["hooks", "ew", "ghost", "fused"]
@@ -37,6 +38,9 @@ GradSampleMode = Literal["hooks", "ew", "ghost", "fused"]
 SecureScheme = str
 ClientSampling = Literal["poisson", "fixed"]
 OptimizerName = Literal["sgd", "adam"]
+LogFormat = Literal["text", "json"]
+#: Largest ``experiment.seed``: int64, what torch's generators and Flower's run_config take.
+MAX_SEED = 2**63 - 1
 
 
 def _problems_range(
@@ -63,22 +67,65 @@ def _problems_range(
     return [f"{name} must be in {left}{lo_s}, {hi_s}{right}; got {value!r}"]
 
 
+def _problems_unused(
+    prefix: str, section: Any, names: tuple[str, ...], *, applies: str
+) -> list[str]:
+    """One problem per key in ``names`` that ``section`` sets to other than its default.
+
+    For options that would have no effect: ``applies`` says when they do (a default is
+    never "set", so configs that leave the key alone are unaffected).
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    return [
+        f"{prefix}.{name} applies only {applies}; got {name}={getattr(section, name)!r}"
+        for name in names
+        if getattr(section, name) != defaults[name]
+    ]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExperimentSection:
-    """``[experiment]``: identity and shape of the federation."""
+    """``[experiment]``: identity and shape of the federation, and its drop-out rules.
+
+    ``round_timeout``: seconds the coordinator waits for the replies of one exchange of a
+    round (train, then evaluate); then it goes on with the replies it has, if at least
+    ``min_replies`` of the clients sent a train message answered (fewer: the round fails
+    and the previous model is kept; with fewer sampled, all of them). A client that missed
+    ``max_missed_rounds`` rounds in a row (no reply, or an error reply from its node), or
+    whose node failed discovery, is marked unavailable and not sampled; every
+    ``retry_unavailable_every`` rounds it is sent a discovery hello without waiting, and
+    once it answers it is sampled again (a node that reconnects under a new id is re-
+    identified at once). ``max_missed_rounds = 0`` never marks a client.
+    """
 
     name: str = "quickstart"
     seed: int = 0
     rounds: int = 20
     num_clients: int = 10
     clients_per_round: int = 10
+    round_timeout: float = 3600.0
+    min_replies: int = 1
+    max_missed_rounds: int = 2
+    retry_unavailable_every: int = 5
 
     def problems(self) -> list[str]:
         """Return every range problem of this section."""
         out = _problems_range("experiment.rounds", self.rounds, 1, 100_000)
+        if not 0 <= self.seed <= MAX_SEED:  # numpy refuses < 0; torch, Flower stop at int64
+            out.append(f"experiment.seed must be in [0, 2**63 - 1]; got {self.seed!r}")
         out += _problems_range("experiment.num_clients", self.num_clients, 1, 100_000)
         out += _problems_range(
             "experiment.clients_per_round", self.clients_per_round, 1, self.num_clients
+        )
+        out += _problems_range(
+            "experiment.round_timeout", self.round_timeout, 0, 7 * 86_400, lo_open=True
+        )
+        out += _problems_range(
+            "experiment.min_replies", self.min_replies, 1, self.clients_per_round
+        )
+        out += _problems_range("experiment.max_missed_rounds", self.max_missed_rounds, 0, 100_000)
+        out += _problems_range(
+            "experiment.retry_unavailable_every", self.retry_unavailable_every, 1, 100_000
         )
         if not self.name or any(c in self.name for c in "/\\\0"):
             out.append(
@@ -94,6 +141,12 @@ class DataSection:
     ``dataset`` is one of ``digits``, ``breast_cancer``, ``synthetic`` (FedProx
     Synthetic(alpha, beta), its own natural split), ``csv:PATH``, ``npz:PATH`` or
     ``hub:NAME`` (``mnist``, ``cifar10``, ``femnist``; needs the ``hub`` extra).
+
+    ``standardize``: ``zscore`` scales each feature by the mean and standard deviation of
+    the client's own training split (its test split reuses them; nothing leaves the node);
+    ``none`` uses the features as loaded; ``auto`` (default) is ``zscore`` for file
+    sources (``csv:``, ``npz:``, a node's ``data-path``) and ``none`` for the built-in and
+    hub sets, which are already scaled (see :mod:`fedai.data.scaling`).
     """
 
     dataset: str = "digits"
@@ -102,6 +155,7 @@ class DataSection:
     shards_per_client: int = 2
     test_fraction: float = 0.2
     label_column: str = "label"
+    standardize: StandardizeMode = "auto"
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     synthetic_dim: int = 60
@@ -126,6 +180,39 @@ class DataSection:
                 "data.dataset must be one of digits, breast_cancer, synthetic, "
                 f"csv:PATH, npz:PATH, hub:NAME; got {self.dataset!r}"
             )
+        if self.standardize not in get_args(StandardizeMode):
+            out.append(
+                "data.standardize must be one of "
+                f"{', '.join(repr(m) for m in get_args(StandardizeMode))}; "
+                f"got {self.standardize!r}"
+            )
+        if self.dataset == "synthetic":  # options with no effect are refused
+            out += _problems_unused(
+                "data",
+                self,
+                ("partition", "alpha", "shards_per_client", "min_samples"),
+                applies="to a pooled data set (synthetic has its own natural split per "
+                "client), not to data.dataset 'synthetic'",
+            )
+        else:
+            names = ("synthetic_alpha", "synthetic_beta", "synthetic_dim", "synthetic_classes")
+            out += _problems_unused(
+                "data", self, names, applies=f"to data.dataset 'synthetic', not {self.dataset!r}"
+            )
+            if self.partition != "dirichlet":
+                out += _problems_unused(
+                    "data",
+                    self,
+                    ("alpha",),
+                    applies=f"to data.partition 'dirichlet', not {self.partition!r}",
+                )
+            if self.partition != "shards":
+                out += _problems_unused(
+                    "data",
+                    self,
+                    ("shards_per_client",),
+                    applies=f"to data.partition 'shards', not {self.partition!r}",
+                )
         return out
 
 
@@ -254,6 +341,21 @@ class PrivacySection:
                 f"noise_multiplier={self.noise_multiplier!r}, "
                 f"target_epsilon={self.target_epsilon!r}"
             )
+        if self.mode == "none":  # DP-SGD knobs without DP-SGD (delta and user_* feed plans;
+            # grad_sample_mode, a speed setting, is warned about by fedai.preflight)
+            out += _problems_unused(
+                "privacy",
+                self,
+                (
+                    "noise_multiplier",
+                    "target_epsilon",
+                    "budget_epsilon",
+                    "max_grad_norm",
+                    "accountant",
+                    "secure_mode",
+                ),
+                applies="when privacy.mode is 'local' or 'local+user', not 'none'",
+            )
         return out
 
 
@@ -309,6 +411,14 @@ class SecureAggregationSection:
             "secure_aggregation.max_total_weight", self.max_total_weight, 1, 2**30
         )
         out += _problems_range("secure_aggregation.workers", self.workers, 0, 256)
+        if self.scheme == "none":  # key and ciphertext settings without encryption
+            out += _problems_unused(
+                "secure_aggregation",
+                self,
+                ("key_dir", "flood_sigma", "quantization_bits", "max_total_weight", "workers"),
+                applies=f"to a secure scheme ({', '.join(n for n in REGISTRY if n != 'none')}), "
+                "not secure_aggregation.scheme 'none'",
+            )
         return out
 
 
@@ -414,6 +524,32 @@ class StrategySection:
         return out
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringSection:
+    """``[monitoring]``: the coordinator's Prometheus endpoint and log format.
+
+    ``metrics_port`` > 0 serves the run's metrics (see :mod:`fedai.monitoring`) at
+    ``http://metrics_host:metrics_port/metrics`` while the run lasts; 0 (the default)
+    serves nothing. ``metrics_host`` defaults to loopback: expose it wider only behind a
+    firewall, it has no authentication. ``log_format = "json"`` makes the entry points
+    log one JSON object per line with a UTC timestamp.
+    """
+
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    log_format: LogFormat = "text"
+
+    def problems(self) -> list[str]:
+        """Return every range problem of this section."""
+        out = _problems_range("monitoring.metrics_port", self.metrics_port, 0, 65_535)
+        if not self.metrics_host or any(c.isspace() for c in self.metrics_host):
+            out.append(
+                "monitoring.metrics_host must be a host name or address without spaces; "
+                f"got {self.metrics_host!r}"
+            )
+        return out
+
+
 _SectionT = TypeVar("_SectionT")
 
 
@@ -429,6 +565,7 @@ class ExperimentConfig:
     secure_aggregation: SecureAggregationSection = field(default_factory=SecureAggregationSection)
     audit: AuditSection = field(default_factory=AuditSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    monitoring: MonitoringSection = field(default_factory=MonitoringSection)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -686,6 +823,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentSection",
     "ModelSection",
+    "MonitoringSection",
     "PrivacySection",
     "SecureAggregationSection",
     "StrategySection",

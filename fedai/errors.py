@@ -57,6 +57,23 @@ class LedgerError(FedAIError):
     """A stored privacy ledger / accountant history is unreadable or inconsistent."""
 
 
+class RoundAlreadyChargedError(LedgerError):
+    """A client's ledger already holds a charge for this (run id, round).
+
+    A coordinator that resumed from a checkpoint re-sends a round the client already paid
+    for; the client refuses rather than pay for a second noisy release.
+    """
+
+    def __init__(self, message: str, *, run_id: str, round: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.round = round
+
+
+class CheckpointError(FedAIError, ValueError):
+    """A coordinator checkpoint or saved aggregate is unreadable, foreign or of another config."""
+
+
 class KeyFileError(FedAIError, ValueError):
     """A key bundle file is missing, unreadable, malformed or of the wrong kind."""
 
@@ -93,6 +110,7 @@ class InferenceError(FedAIError, ValueError):
 
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "ContributionError",
     "CorruptPayloadError",
@@ -109,4 +127,5 @@ __all__ = [
     "PolicyViolationError",
     "PrivacyBudgetExceededError",
     "ProtocolError",
+    "RoundAlreadyChargedError",
 ]

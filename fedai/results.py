@@ -111,6 +111,8 @@ class RunSummary:
     excluded: dict[str, str] = field(default_factory=dict)  # node -> why it was left out
     final_evaluation: dict[str, Any] = field(default_factory=dict)  # every client, at the end
     started_at: str = field(default_factory=utc_now)
+    # status ("ok"/"failed"), exit_code and the one-line reason (fedai.verdict.judge)
+    outcome: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -165,6 +167,7 @@ class RunSummary:
             "rounds": [r.to_dict() for r in self.rounds],
             "final": self.final,
             "stop_reason": self.stop_reason,
+            **({"outcome": self.outcome} if self.outcome else {}),
             "clients": self.clients,
             "excluded": self.excluded,
             **({"final_evaluation": self.final_evaluation} if self.final_evaluation else {}),

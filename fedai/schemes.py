@@ -9,7 +9,9 @@ Each scheme is a :class:`SchemeSpec` held by its own module (``SCHEME``) and nam
   ``fedai keys create`` options (:class:`KeyOption`);
 * the envelope's scheme code (:mod:`fedai.crypto.envelope`);
 * configuration checks that need the whole experiment (e.g. Paillier's headroom against
-  the number of clients), run when an :class:`~fedai.config.ExperimentConfig` is built.
+  the number of clients), run when an :class:`~fedai.config.ExperimentConfig` is built,
+  and checks against the clients' training-set sizes (their aggregation weights), run
+  before the first round (:func:`weight_problems`).
 
 The config's allowed ``secure_aggregation.scheme`` values, a node policy's
 ``require-scheme`` values, the CLI's ``--scheme`` choices and their error messages all
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -97,6 +99,10 @@ def _no_problems(cfg: ExperimentConfig) -> list[str]:
     return []
 
 
+def _no_weight_problems(cfg: ExperimentConfig, train_sizes: Sequence[int]) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchemeSpec:
     """Everything fedai needs to know about one secure-aggregation scheme.
@@ -115,6 +121,8 @@ class SchemeSpec:
         key_options: The scheme's own ``fedai keys create`` options.
         config_problems: Checks of a whole experiment config under this scheme (each
             problem names its setting).
+        weight_problems: Checks of the config against the clients' training-set sizes
+            (their aggregation weights), run before the first round.
     """
 
     name: str
@@ -126,6 +134,7 @@ class SchemeSpec:
     describe_keys: Callable[[BundleInfo], dict[str, Any]] | None = None
     key_options: tuple[KeyOption, ...] = ()
     config_problems: Callable[[ExperimentConfig], list[str]] = _no_problems
+    weight_problems: Callable[[ExperimentConfig, Sequence[int]], list[str]] = _no_weight_problems
 
 
 SCHEME = SchemeSpec(
@@ -188,6 +197,18 @@ def config_problems(cfg: ExperimentConfig) -> list[str]:
     return get_scheme(name).config_problems(cfg)
 
 
+def weight_problems(cfg: ExperimentConfig, train_sizes: Sequence[int]) -> list[str]:
+    """Problems of ``cfg``'s scheme with clients holding ``train_sizes`` training examples.
+
+    Run before the first round, once the sizes are known (e.g. a headroom that a round's
+    total weight could overflow); each problem names its setting.
+    """
+    name = cfg.secure_aggregation.scheme
+    if name not in REGISTRY:
+        return [_unknown("secure_aggregation.scheme", name, scheme_names())]
+    return get_scheme(name).weight_problems(cfg, train_sizes)
+
+
 def _key_dir(section: SecureAggregationSection, override: str | None) -> str:
     key_dir = override or section.key_dir
     if not key_dir:
@@ -238,4 +259,5 @@ __all__ = [
     "key_scheme",
     "key_scheme_names",
     "scheme_names",
+    "weight_problems",
 ]

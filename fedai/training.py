@@ -136,7 +136,12 @@ def evaluate(
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss, correct = 0.0, 0
-    for xb, yb in make_loader(x, y, batch_size=batch_size, shuffle=False):
+    # The batches a DataLoader without shuffling yields, as slices: its per-sample
+    # indexing and collation cost more than the model on small test splits.
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    for lo in range(0, len(yt), batch_size):
+        xb, yb = xt[lo : lo + batch_size], yt[lo : lo + batch_size]
         out = model(xb)
         loss += float(criterion(out, yb))
         correct += int((out.argmax(dim=1) == yb).sum())

@@ -22,7 +22,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Message
@@ -30,14 +31,21 @@ from flwr.serverapp import Grid
 
 from fedai.aggregation import Payload, SecureSum
 from fedai.config import ExperimentConfig
-from fedai.errors import ProtocolError
+from fedai.errors import ConfigError, ProtocolError
 from fedai.federation import keys
 from fedai.federation.records import as_float, payload_to_record, reply_payload
 from fedai.models import ModelSpec, build_model
-from fedai.results import RoundRecord, RunSummary
+from fedai.results import RoundRecord, RunSummary, utc_now
+from fedai.schemes import weight_problems
+from server.availability import Availability
+from server.checkpointing import Checkpointer
 from server.strategy import Candidate, GlobalModel, Strategy, UserLevelDp, build_strategy
 from server.transport import ClientInfo, Transport
 from server.transport import clip_text as _text
+
+if TYPE_CHECKING:
+    from fedai.checkpoint import Checkpoint
+    from fedai.monitoring import RunMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ class RunOutcome:
     total_weight: float
     clients: dict[int, ClientInfo] = field(default_factory=dict)
     state: Payload | None = None  # the server optimiser's state (possibly encrypted)
+    run_id: str = ""  # random, kept across resumes (server.checkpointing)
 
 
 class FederatedRun:
@@ -66,27 +75,35 @@ class FederatedRun:
         *,
         summer: SecureSum,
         on_round: RoundCallback | None = None,
-        timeout: float = 3600.0,
+        timeout: float | None = None,
         discovery_timeout: float = 120.0,
         rng_factory: Callable[[], np.random.Generator] = np.random.default_rng,
+        metrics: RunMetrics | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: Checkpoint | None = None,
     ) -> None:
         self.cfg = cfg
         self.grid = grid
         self.summer = summer
         self.on_round = on_round
+        self.metrics = metrics
         self.transport = Transport(
             grid,
             num_clients=cfg.experiment.num_clients,
             config_json=cfg.to_json(),
-            timeout=timeout,
+            timeout=cfg.experiment.round_timeout if timeout is None else timeout,
             discovery_timeout=discovery_timeout,
         )
+        self.availability = Availability(self.transport, cfg.experiment)
         self.strategy: Strategy = build_strategy(cfg, summer=summer, rng_factory=rng_factory)
         self._user_accountant = (
             self.strategy.accountant if isinstance(self.strategy, UserLevelDp) else None
         )
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
         self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
+        # Checkpoints into checkpoint_dir after every round; resume continues one.
+        self.checkpointer = Checkpointer(checkpoint_dir, resume)
+        self.transport.shared.update(self.checkpointer.identity())
 
     @property
     def excluded(self) -> dict[str, str]:
@@ -99,8 +116,11 @@ class FederatedRun:
 
     @staticmethod
     def able(clients: dict[int, ClientInfo]) -> list[ClientInfo]:
-        """The clients that may be sampled (budget not exhausted), by client id."""
-        return sorted((c for c in clients.values() if not c.exhausted), key=lambda c: c.client_id)
+        """The clients that may be sampled (budget not exhausted, available), by client id."""
+        return sorted(
+            (c for c in clients.values() if not c.exhausted and not c.unavailable),
+            key=lambda c: c.client_id,
+        )
 
     def sample(self, clients: dict[int, ClientInfo], round_: int) -> list[int]:
         """This round's clients (node ids) among the :meth:`able` ones, as the strategy draws.
@@ -114,8 +134,13 @@ class FederatedRun:
     # ------------------------------------------------------------------ the loop
     def execute(self) -> RunOutcome:
         """Run every round; return the summary and the final aggregate."""
-        t_start = time.perf_counter()
+        t_start, started_at = time.perf_counter(), utc_now()
         clients = self.discover()
+        # The clients' example counts are their aggregation weights: a headroom they could
+        # overflow is refused before anyone trains (e.g. Paillier's max_total_weight).
+        problems = weight_problems(self.cfg, [c.num_train for c in clients.values()])
+        if problems:
+            raise ConfigError(problems)
         first = next(iter(clients.values()))
         spec = ModelSpec(
             name=self.cfg.model.name,
@@ -123,16 +148,20 @@ class FederatedRun:
             num_classes=max(c.num_classes for c in clients.values()),
             hidden=self.cfg.model.hidden,
         )
+        spec = self.checkpointer.spec(spec)  # a resumed run keeps its model
         # The layout every contribution must carry (seeded: leaves the global RNG alone).
         model = build_model(spec, seed=0)
         self._shapes = [tuple(p.shape) for p in model.state_dict().values()]
         self.strategy.bind(spec, list(self._shapes))
         self.transport.shared[keys.KEY_NUM_CLASSES] = spec.num_classes
-        summary = RunSummary(config=self.cfg.to_dict())
-        current = GlobalModel()
-        for round_ in range(1, self.cfg.experiment.rounds + 1):
+        summary = RunSummary(config=self.cfg.to_dict(), started_at=started_at)
+        current, first_round = self.checkpointer.restore(self, clients, summary, list(self._shapes))
+        if first_round == 1:  # the run id is on disk before any client trains
+            self._checkpoint(0, current, clients, summary, spec, t_start)
+        for round_ in range(first_round, self.cfg.experiment.rounds + 1):
             t0 = time.perf_counter()
             self.transport.refresh(clients)
+            self.availability.begin_round(round_, clients)
             population = len(self.able(clients))
             if not population:
                 summary.stop_reason = (
@@ -161,12 +190,21 @@ class FederatedRun:
             if self.cfg.privacy.mode != "none":
                 record.privacy = self._privacy_view(record, population=population)
             record.seconds = time.perf_counter() - t0
+            for cid, reason in sorted(record.failures.items()):
+                logger.warning("round %d: client %s failed: %s", round_, cid, reason)
+            if self.metrics is not None:
+                self.metrics.observe_round(record)
+                self.metrics.observe_transport(
+                    bytes_out=self.transport.bytes_out, bytes_in=self.transport.bytes_in
+                )
+                self.metrics.observe_clients(self.availability.states(clients))
             summary.rounds.append(record)
+            self._checkpoint(round_, current, clients, summary, spec, t_start)
             if self.on_round:
                 self.on_round(record, self.cfg.experiment.rounds)
         if self.cfg.strategy.evaluate_clients and current.payload is not None:
             summary.final_evaluation = self._evaluate_final(clients, current)
-        summary.seconds = time.perf_counter() - t_start
+        summary.seconds = time.perf_counter() - t_start + self.checkpointer.seconds_before
         summary.clients = {
             c.client_id: {
                 "num_train": c.num_train,
@@ -177,7 +215,34 @@ class FederatedRun:
         }
         summary.excluded = dict(self.excluded)
         return RunOutcome(
-            summary, spec, current.payload, current.weight, clients, state=current.state
+            summary,
+            spec,
+            current.payload,
+            current.weight,
+            clients,
+            state=current.state,
+            run_id=self.checkpointer.run_id,
+        )
+
+    def _checkpoint(
+        self,
+        round_: int,
+        current: GlobalModel,
+        clients: dict[int, ClientInfo],
+        summary: RunSummary,
+        spec: ModelSpec,
+        t_start: float,
+    ) -> None:
+        """Save the state after ``round_`` (0: after discovery), if checkpointing is on."""
+        self.checkpointer.save(
+            self,
+            round_=round_,
+            current=current,
+            clients=clients,
+            summary=summary,
+            spec=spec,
+            shapes=list(self._shapes or []),
+            seconds=time.perf_counter() - t_start,
         )
 
     def _privacy_view(self, record: RoundRecord, *, population: int) -> dict[str, Any]:
@@ -218,23 +283,53 @@ class FederatedRun:
             plan.config,
             per_node=plan.per_node,
         )
+        self.availability.note(round_, clients, plan.node_ids, replies)
         good: list[tuple[str, Payload, float]] = []
         for nid in plan.node_ids:
             cid = clients[nid].client_id
             try:
                 taken = self._take_contribution(clients[nid], replies.get(nid), record)
-            except Exception as err:  # one bad reply costs only that client
-                reason = f"{type(err).__name__}: {err}"
-                record.failures[cid] = reason
-                logger.warning(
-                    "round %d: contribution of client %s rejected: %s", round_, cid, reason
-                )
+            except Exception as err:  # one bad reply costs only that client (logged below)
+                record.failures[cid] = f"{type(err).__name__}: {err}"
                 continue
             if taken is not None:
                 good.append((cid, *taken))
         if not plan.node_ids:
             record.trained = []
+        if not self._quorum(plan.node_ids, replies, good, record):
+            return None
         return self.strategy.aggregate_train(round_, good, record, current)
+
+    def _quorum(
+        self,
+        node_ids: list[int],
+        replies: dict[int, Message],
+        good: list[tuple[str, Payload, float]],
+        record: RoundRecord,
+    ) -> bool:
+        """True if enough sampled clients answered in time (``experiment.min_replies``).
+
+        An answer is any reply that is not an error (a refusal counts: the client is
+        there). Without a quorum the round fails and the previous model is kept.
+        """
+        need = min(self.cfg.experiment.min_replies, len(node_ids))
+        answered = sum(
+            1 for nid in node_ids if (r := replies.get(nid)) is not None and not r.has_error()
+        )
+        if answered >= need:
+            return True
+        record.trained = [cid for cid, _, _ in good]
+        record.num_examples = sum(n for _, _, n in good)
+        record.status = "failed"
+        record.reason = (
+            f"quorum not reached: {answered} of {len(node_ids)} sampled client(s) answered "
+            f"within experiment.round_timeout ({self.transport.timeout:g} s); "
+            f"experiment.min_replies is {self.cfg.experiment.min_replies}"
+        )
+        logger.warning(
+            "round %d failed: %s; keeping the previous model", record.round, record.reason
+        )
+        return False
 
     def _take_contribution(
         self, client: ClientInfo, reply: Message | None, record: RoundRecord
@@ -246,7 +341,9 @@ class FederatedRun:
         """
         cid = client.client_id
         if reply is None:
-            record.failures[cid] = "no reply before the timeout"
+            record.failures[cid] = (
+                f"no reply within experiment.round_timeout ({self.transport.timeout:g} s)"
+            )
             return None
         if reply.has_error():
             record.failures[cid] = reply.error.reason or f"error code {reply.error.code}"
@@ -337,6 +434,7 @@ class FederatedRun:
             plan.config,
             records=plan.records,
         )
+        self.availability.note(round_, clients, plan.node_ids, replies)
         loss_sum, acc_sum, n_sum, rejected, ok = self._collect_evaluations(
             clients, plan.node_ids, replies, record
         )
@@ -364,7 +462,7 @@ class FederatedRun:
         """Every client evaluates the final model once (when rounds evaluated a sample)."""
         if model.payload is None:
             raise ProtocolError("final evaluation needs an accepted model; there is none")
-        node_ids = sorted(clients)
+        node_ids = sorted(n for n, c in clients.items() if not c.unavailable)
         round_ = self.cfg.experiment.rounds + 1
         replies = self.transport.send(
             node_ids,

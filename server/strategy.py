@@ -42,6 +42,7 @@ sample from OS entropy as ``privacy.client_sampling`` says and accounts each rou
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,9 @@ class LinearStrategy:
             record.reason = (
                 f"{len(good)} usable contribution(s); at least {minimum} needed "
                 "(secure_aggregation.min_contributors)"
+                if good  # with none, min_contributors is not the cause: the clients are
+                else f"no usable contribution: {len(record.failures)} client(s) failed, "
+                f"{len(record.refused)} refused (see the round's failures / refused)"
             )
             logger.warning("round %d failed: %s; keeping the previous model", round_, record.reason)
             return None
@@ -338,6 +342,12 @@ class LinearStrategy:
         """Extra privacy figures for the round's record (none without a DP wrapper)."""
         return {}
 
+    def restore(self, records: list[RoundRecord]) -> None:
+        """Continue after ``records`` (a checkpoint): nothing to restore here.
+
+        The server optimiser's state travels with the model (:attr:`GlobalModel.state`).
+        """
+
 
 class UserLevelDp:
     """User-level DP wrapper: secret client sampling and per-round accounting.
@@ -385,6 +395,33 @@ class UserLevelDp:
             size = e.clients_per_round
             picked = fixed_size_sample(len(able), sample_size=size, rng=self._rng_factory())
         return [able[i].node_id for i in picked]
+
+    def restore(self, records: list[RoundRecord]) -> None:
+        """Re-compose the user-level accountant from a checkpoint's ``records``.
+
+        Each record holds its round's :class:`UserLevelRound` (``privacy.user_level.round``)
+        and who contributed (``trained``); the replayed epsilon must equal the last
+        record's, or the records are not this accountant's history.
+
+        Raises:
+            ProtocolError: a record lacks its round, or the replay gives another epsilon.
+        """
+        for record in records:
+            user = record.privacy.get("user_level")
+            row = user.get("round") if isinstance(user, dict) else None
+            if not isinstance(row, dict):
+                raise ProtocolError(
+                    f"round {record.round}: record must carry privacy.user_level.round; it does not"
+                )
+            self.accountant.compose(UserLevelRound(**row), participants=record.trained)
+        if records:
+            stored = float(records[-1].privacy["user_level"]["epsilon"])
+            replayed = self.accountant.epsilon_against_outsiders()
+            if not math.isclose(stored, replayed, rel_tol=1e-9, abs_tol=1e-12):
+                raise ProtocolError(
+                    f"user-level epsilon replayed from {len(records)} round(s) must be the "
+                    f"recorded {stored!r}; got {replayed!r}"
+                )
 
     def account(self, record: RoundRecord, *, population: int) -> dict[str, Any]:
         """Compose the round just run; return ``{"user_level": report}``."""

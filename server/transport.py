@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from fedai.errors import ProtocolError
 from fedai.federation import keys
+from fedai.federation.polling import send_and_receive
 from fedai.federation.records import as_int
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ClientInfo:
     input_shape: tuple[int, ...]
     num_classes: int
     exhausted: str = ""  # reason, once the client refused to train for its budget
+    unavailable: str = ""  # reason, while the node is marked unavailable (server.availability)
+    missed: int = 0  # rounds missed in a row (no reply / node error)
 
 
 class Transport:
@@ -65,6 +68,9 @@ class Transport:
         self._config_json = config_json
         self.shared: dict[str, bool | int | float | str] = {}  # sent with every message
         self.excluded: dict[str, str] = {}  # "node <id>" -> why discovery left it out
+        self.unreachable: dict[int, str] = {}  # node id -> why its hello got no answer
+        self.bytes_out = 0  # record bytes sent and received (Flower's count_bytes)
+        self.bytes_in = 0
 
     # ------------------------------------------------------------------ messaging
     def send(
@@ -107,7 +113,9 @@ class Transport:
             for nid in node_ids
         ]
         by_mid: dict[int, Message] = {}
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        self.bytes_out += sum(message_bytes(m) for m in messages)
+        replies = send_and_receive(self.grid, messages, timeout=self.timeout)
+        self.bytes_in += sum(message_bytes(r) for r in replies)
         sent = {m.metadata.dst_node_id for m in messages}
         for reply in replies:
             src = reply.metadata.src_node_id
@@ -194,6 +202,7 @@ class Transport:
             if reply is None or reply.has_error():
                 reason = reply.error.reason if reply is not None else "no reply"
                 logger.warning("node %s failed discovery: %s", nid, reason)
+                self.unreachable[nid] = f"failed discovery: {clip_text(reason)}"
                 continue
             try:
                 clients[nid] = parse_hello(nid, self.fedai_record(reply))
@@ -215,12 +224,19 @@ class Transport:
         new joins the federation if its data has the same shape.
         """
         current = set(self.grid.get_node_ids())
-        new = sorted(current - set(clients))
-        if not new:
-            return
+        # Nodes that failed or were left out at discovery are not asked again every round;
+        # server.availability probes them now and then.
+        known = set(clients) | set(self.unreachable)
+        known |= {nid for nid in current if f"node {nid}" in self.excluded}
+        new = sorted(current - known)
+        if new:
+            self.admit(clients, self._hello(new))
+
+    def admit(self, clients: dict[int, ClientInfo], infos: dict[int, ClientInfo]) -> None:
+        """Add nodes that answered a hello to ``clients``, in place (see :meth:`refresh`)."""
         by_client = {c.client_id: nid for nid, c in clients.items()}
         shape = next(iter(clients.values())).input_shape
-        for nid, info in self._hello(new).items():
+        for nid, info in infos.items():
             old = by_client.get(info.client_id)
             if old is not None:
                 info.exhausted = clients.pop(old).exhausted
@@ -236,7 +252,53 @@ class Transport:
                 continue
             else:
                 logger.info("client %s joined as node %s", info.client_id, nid)
+            self.unreachable.pop(nid, None)
+            self.excluded.pop(f"node {nid}", None)
             clients[nid] = info
+
+    # ------------------------------------------------------------------ probes
+    def probe(self, node_ids: list[int]) -> dict[str, int]:
+        """Send ``node_ids`` a discovery hello without waiting; message id -> node id.
+
+        Collect the answers later with :meth:`probe_replies` (it never waits either), so
+        asking a dead node costs the round nothing.
+        """
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        keys.REC_ARRAYS: ArrayRecord(),
+                        keys.REC_CONFIG: ConfigRecord(
+                            {
+                                keys.KEY_SERVER_ROUND: 0,
+                                keys.KEY_EXPERIMENT: self._config_json,
+                                **self.shared,
+                            }
+                        ),
+                    }
+                ),
+                dst_node_id=nid,
+                message_type=keys.MSG_QUERY,
+                group_id="0",
+            )
+            for nid in node_ids
+        ]
+        self.bytes_out += sum(message_bytes(m) for m in messages)
+        ids = list(self.grid.push_messages(messages))
+        return {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
+
+    def probe_replies(self, pending: dict[str, int]) -> dict[int, Message]:
+        """The replies that arrived for earlier :meth:`probe` messages, by node id."""
+        if not pending:
+            return {}
+        replies = list(self.grid.pull_messages(list(pending)))
+        self.bytes_in += sum(message_bytes(r) for r in replies)
+        out: dict[int, Message] = {}
+        for reply in replies:
+            nid = pending.get(reply.metadata.reply_to_message_id)
+            if nid is not None:
+                out[nid] = reply
+        return out
 
 
 def parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
@@ -281,6 +343,13 @@ def parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
     )
 
 
+def message_bytes(message: Message) -> int:
+    """Bytes of a message's records as Flower counts them (no framing, no metadata)."""
+    if not message.has_content():
+        return 0
+    return sum(record.count_bytes() for record in message.content.values())
+
+
 def clip_text(value: object, limit: int = 300) -> str:
     """A client-supplied reason, cut to ``limit`` characters for logs and results."""
     text = str(value)
@@ -291,4 +360,4 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-__all__ = ["ClientInfo", "Transport", "clip_text", "parse_hello"]
+__all__ = ["ClientInfo", "Transport", "clip_text", "message_bytes", "parse_hello"]

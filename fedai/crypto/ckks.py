@@ -23,10 +23,11 @@ every ``|w| <= B`` and ``n_i * B`` fits, and refuses to decode an aggregate whos
 case ``N * B`` could have wrapped around the modulus. :attr:`CkksCodec.max_total_weight`
 reports the limit: 3.0e18 for the default profile ([60,50,60]: aggregation never
 multiplies, so no level beyond the data primes is needed; 61 B/slot on the wire instead
-of 81 for [60,40,40,60], and ~30% faster); for the aggregation-only chain [60, 40] it is
-2621 at scale 2^40 (too tight) and 2.7e6 at scale 2^30 (error still ~1e-8 after dividing
-by N ~ 2000), which is the recommended way to run that profile (``fedai keys create
---coeff-mod-bit-sizes 60,40 --scale-bits 30``: 33-35 B/param).
+of 81 for [60,40,40,60], and ~30% faster); for the compact chain [60, 40] it is 2621 at
+scale 2^40 (too tight) and 41943 at scale 2^36, the recommended way to run that profile
+(``fedai keys create --coeff-mod-bit-sizes 60,40 --scale-bits 36``: 33-35 B/param). At
+2^30 the limit would be 2.7e6, but the larger decryption error then moves decoded sums
+off the rounding grid, so they no longer match a plaintext run bit for bit.
 
 Shared decryptions. Every client sees the decrypted aggregate, and revealing CKKS
 decryptions can leak the secret key (Li & Micciancio, "On the Security of Homomorphic
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedai.aggregation import blame, exact_average, quantize
+from fedai.aggregation import BOUND_HINT, blame, exact_average, quantize
 from fedai.crypto.ckks_keys import (
     ClientBundle,
     CoordinatorBundle,
@@ -219,7 +220,7 @@ class CkksCodec:
         if worst > self.update_bound:
             raise ConfigError(
                 f"every |weight value| must be <= secure_aggregation."
-                f"update_bound {self.update_bound:g}; got {worst:g}"
+                f"update_bound {self.update_bound:g}; got {worst:g}; {BOUND_HINT}"
             )
         # On the grid, so that the sum of integer-weighted contributions is exact.
         scaled = quantize(flat, self.round_decimals) * weight
@@ -298,7 +299,7 @@ class CkksCodec:
         if worst > self.update_bound + slack:
             raise CorruptPayloadError(
                 f"decrypted average must be within "
-                f"+-{self.update_bound:g} (update_bound); got "
+                f"+-{self.update_bound:g} (secure_aggregation.update_bound); got "
                 f"{worst:.3g}: a summed ciphertext is corrupt"
             )
         if self.flood_sigma > 0:
@@ -516,7 +517,7 @@ SCHEME = SchemeSpec(
             metavar="BITS",
             help="CKKS: comma-separated prime sizes, last = special prime (default: 60,50,60: "
             "no multiplication is ever needed, so two data primes are enough; 60,40 with "
-            "--scale-bits 30 cuts the wire size 2x more)",
+            "--scale-bits 36 cuts the wire size 2x more)",
         ),
         KeyOption(
             flag="--scale-bits",

@@ -14,13 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedai import progress
 from fedai.crypto.bundle import (
     CLIENT_BUNDLE,
     COORDINATOR_BUNDLE,
     BundleInfo,
     read_bundle_info,
 )
-from fedai.errors import ConfigError, KeyFileError
+from fedai.errors import EXIT_OK, EXIT_USAGE, ConfigError, KeyFileError
 from fedai.schemes import get_scheme, key_scheme, key_scheme_names, scheme_names
 
 
@@ -38,13 +39,14 @@ def _cmd_create(args: argparse.Namespace) -> int:
                 )
             params[option.kwarg] = option.convert(value) if option.convert else value
     assert spec.create_keys is not None  # key_scheme() returns schemes with keys only
-    bundle = spec.create_keys(args.out, force=args.force, overwrite=args.overwrite, **params)
+    with progress.when_slow(f"creating a {spec.name} key set in {args.out}..."):
+        bundle = spec.create_keys(args.out, force=args.force, overwrite=args.overwrite, **params)
     out = Path(args.out)
     row = _describe(read_bundle_info(out / CLIENT_BUNDLE))
     print(f"created {spec.name} key set {bundle.fingerprint.hex()}  {row['summary']}")
     print(f"  {out / CLIENT_BUNDLE}  (secret key, mode 0600: give to every client)")
     print(f"  {out / COORDINATOR_BUNDLE}  (public material only: give to the coordinator)")
-    return 0
+    return EXIT_OK
 
 
 def _dest(scheme: str, kwarg: str) -> str:
@@ -94,7 +96,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(json.dumps({"dir": str(key_dir), "bundles": rows}, indent=2))
-        return 0
+        return EXIT_OK
     first = rows[0]
     print(f"key set     {first['fingerprint']}")
     print(f"scheme      {first['scheme']} {first.get('summary', '')}".rstrip())
@@ -105,7 +107,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             f"{r['kind']:<12}{r['path']}  {r['bytes']} bytes  mode {r['mode']}  "
             f"created {r['created']}"
         )
-    return 0
+    return EXIT_OK
 
 
 def register(subparsers: Any) -> None:
@@ -113,7 +115,7 @@ def register(subparsers: Any) -> None:
     keys = subparsers.add_parser(
         "keys", help="create / inspect secure-aggregation key bundles", description=__doc__
     )
-    keys.set_defaults(func=lambda _args: (keys.print_help(), 2)[1])
+    keys.set_defaults(func=lambda _args: (keys.print_help(), EXIT_USAGE)[1])
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
 
     names = key_scheme_names()

@@ -44,9 +44,14 @@ approximation error, so no CKKS-style key-recovery attack on shared decryptions 
 
 Headroom: a slot holds ``r + h`` bits with ``h = ceil(log2 W)``,
 ``W = secure_aggregation.max_total_weight``. A config whose clients could sum past ``W``
-is refused when it is built; a contribution with ``n_i > W``, a sum of more than ``W``
-contributions, or an aggregate with ``N > W`` are refused at run time (never a silent
-carry into the next slot).
+is refused before any client trains, naming the setting and the value it needs: when the
+config is built if the contributor count alone can exceed ``W`` (:func:`config_problems`),
+and before the first round once the clients' example counts are known
+(:func:`weight_problems`: from the config in a simulation, where ``fedai simulate``'s
+pre-run checks, :mod:`fedai.preflight`, refuse it before anything starts; from discovery
+on a real federation, where the coordinator refuses it before round 1). A contribution
+with ``n_i > W``, a sum of more than ``W`` contributions, or an aggregate with ``N > W``
+are still refused at run time (never a silent carry into the next slot).
 
 Parallelism: encryption needs one random ``n``-th residue per ciphertext, the expensive
 part, and it does not depend on the plaintext; decryption is one CRT exponentiation pair
@@ -75,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gmpy2 import mpz
 
-from fedai.aggregation import blame
+from fedai.aggregation import BOUND_HINT, blame
 from fedai.crypto.envelope import (
     MAX_SUMMANDS,
     Envelope,
@@ -393,7 +398,7 @@ class PaillierCodec:
         if worst > self.update_bound:
             raise ConfigError(
                 f"every |weight value| must be <= secure_aggregation.update_bound "
-                f"{self.update_bound:g}; got {worst:g}"
+                f"{self.update_bound:g}; got {worst:g}; {BOUND_HINT}"
             )
         q = quantize_stochastic(
             flat, bound=self.update_bound, levels=self.layout.levels, rng=self._rng
@@ -762,6 +767,44 @@ def config_problems(cfg: ExperimentConfig) -> list[str]:
     return out
 
 
+def weight_problems(cfg: ExperimentConfig, train_sizes: Sequence[int]) -> list[str]:
+    """Problems of the headroom for clients holding ``train_sizes`` training examples.
+
+    A client's aggregation weight is its number of training examples (1 under
+    ``local+user``, which :func:`config_problems` covers), so the largest total weight a
+    round can carry is the sum of the ``clients_per_round`` largest sizes. The sizes are
+    known before the first round: from the config in a simulation (the partition is a
+    function of it), from discovery on a real federation (each node announces its size,
+    and the coordinator refuses a contribution that claims more).
+
+    Args:
+        cfg: The experiment.
+        train_sizes: Every client's number of training examples.
+
+    Returns:
+        One problem naming ``secure_aggregation.max_total_weight`` with the value needed,
+        or nothing.
+    """
+    if cfg.privacy.mode == "local+user" or not train_sizes:
+        return []
+    sa = cfg.secure_aggregation
+    k = min(cfg.experiment.clients_per_round, len(train_sizes))
+    need = sum(sorted((int(n) for n in train_sizes), reverse=True)[:k])
+    if need <= sa.max_total_weight:
+        return []
+    have_bits = SlotLayout(
+        value_bits=sa.quantization_bits, max_total_weight=sa.max_total_weight, plaintext_bits=1
+    ).headroom_bits
+    need_bits = math.ceil(math.log2(need))
+    return [
+        f"secure_aggregation.max_total_weight must be >= {need}, the largest total weight "
+        f"a round can carry (a client weighs its training examples; the {k} largest "
+        f"clients, experiment.clients_per_round = {k}, hold {need}), or a slot sum could "
+        f"carry past the {have_bits}-bit headroom into its neighbour; got "
+        f"{sa.max_total_weight} (>= {need} costs {need_bits - have_bits} more bit(s) per slot)"
+    ]
+
+
 def _create_keys(
     out_dir: str | os.PathLike[str], *, force: bool = False, overwrite: bool = False, **params: Any
 ) -> PaillierClientBundle:
@@ -788,6 +831,7 @@ SCHEME = SchemeSpec(
         ),
     ),
     config_problems=config_problems,
+    weight_problems=weight_problems,
 )
 
 __all__ = [
@@ -798,4 +842,5 @@ __all__ = [
     "config_problems",
     "layout_for",
     "layout_mac_key",
+    "weight_problems",
 ]

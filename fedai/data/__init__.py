@@ -4,6 +4,10 @@
 :class:`ClientData` per client, deterministically for a seed. :func:`load_client` is the
 cached per-client view the ClientApp uses; :func:`load_local_file` is what a real
 on-prem node uses (its own file, never partitioned).
+
+Both paths split each client's samples in :func:`split_train_test`, which is also where
+features are standardised (``data.standardize``, :mod:`fedai.data.scaling`): statistics
+from that client's training split only, applied to both of its splits.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedai.config import DataSection, ExperimentConfig, ExperimentSection
-from fedai.data import files, hub, partition, sources
+from fedai.data import files, hub, partition, scaling, sources
 from fedai.errors import DataError, PartitionError
 
 
@@ -43,8 +47,19 @@ def split_train_test(
     test_fraction: float,
     seed: int,
     num_classes: int,
+    standardize: bool = False,
 ) -> ClientData:
     """Shuffle and split one client's samples; both splits get at least one sample.
+
+    Args:
+        client_id: The client's name (for messages).
+        x: The client's features. Not modified.
+        y: The client's labels.
+        test_fraction: Share of samples held out for testing.
+        seed: Seeds the shuffle.
+        num_classes: Class count recorded in the result.
+        standardize: Z-score both splits with the training split's per-feature mean and
+            standard deviation (:func:`fedai.data.scaling.fit`).
 
     Raises:
         PartitionError: if the client holds fewer than two samples.
@@ -57,7 +72,11 @@ def split_train_test(
     order = np.random.default_rng(seed).permutation(n)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     te, tr = order[:n_test], order[n_test:]
-    return ClientData(client_id, x[tr], y[tr], x[te], y[te], num_classes)
+    x_train, x_test = x[tr], x[te]
+    if standardize:
+        scaler = scaling.fit(x_train)
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    return ClientData(client_id, x_train, y[tr], x_test, y[te], num_classes)
 
 
 def _pool(data: DataSection) -> sources.Pool:
@@ -86,6 +105,8 @@ def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
     """
     data, exp = cfg.data, cfg.experiment
     seed = exp.seed
+    file_source = data.dataset.partition(":")[0] in ("csv", "npz")
+    standardize = scaling.resolve(data.standardize, file_source=file_source)
     if data.dataset == "synthetic":
         xs, ys = sources.synthetic(
             num_clients=exp.num_clients,
@@ -103,6 +124,7 @@ def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
                 test_fraction=data.test_fraction,
                 seed=seed + 7919 * (i + 1),
                 num_classes=data.synthetic_classes,
+                standardize=standardize,
             )
             for i, (x, y) in enumerate(zip(xs, ys, strict=True))
         ]
@@ -128,6 +150,7 @@ def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
             test_fraction=data.test_fraction,
             seed=seed + 7919 * (i + 1),
             num_classes=pool.num_classes,
+            standardize=standardize,
         )
         for i, idx in enumerate(parts)
     ]
@@ -154,7 +177,11 @@ def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
 def load_local_file(
     path: str, *, client_id: str, data: DataSection, seed: int, num_classes: int | None = None
 ) -> ClientData:
-    """Load a real node's own file (``.csv`` or ``.npz``), split it, never partition it."""
+    """Load a real node's own file (``.csv`` or ``.npz``), split it, never partition it.
+
+    A node's file is a file source: ``data.standardize = "auto"`` standardises it from
+    the node's own training split, as in simulation.
+    """
     x, y = (
         files.load_npz(path)
         if path.endswith(".npz")
@@ -164,7 +191,13 @@ def load_local_file(
     if y.max() >= k:
         raise DataError(f"{path}: labels must be < {k}; got {int(y.max())}")
     return split_train_test(
-        client_id, x, y, test_fraction=data.test_fraction, seed=seed, num_classes=max(k, 2)
+        client_id,
+        x,
+        y,
+        test_fraction=data.test_fraction,
+        seed=seed,
+        num_classes=max(k, 2),
+        standardize=scaling.resolve(data.standardize, file_source=True),
     )
 
 

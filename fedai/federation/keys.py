@@ -23,7 +23,9 @@ KEY_EXPERIMENT: Final = "fedai.experiment"  # the experiment config as JSON
 KEY_INIT: Final = "fedai.init"  # True: build the round-1 model from the seed, no payload
 KEY_TOTAL_WEIGHT: Final = "fedai.total-weight"  # the aggregate's total weight
 KEY_NUM_SAMPLED: Final = "fedai.num-sampled"  # clients sampled this round (user-level DP)
-KEY_RUN_ID: Final = "fedai.run-id"
+KEY_RUN_ID: Final = "fedai.run-id"  # random id of the run, kept across coordinator resumes
+KEY_RUN_SESSION: Final = "fedai.run-session"  # random id of this coordinator start
+KEY_RESUMED_AFTER: Final = "fedai.resumed-after"  # last completed round at this start (0: new)
 
 # Reply keys.
 KEY_NUM_EXAMPLES: Final = "num-examples"
@@ -44,6 +46,7 @@ STATUS_OK: Final = "ok"
 STATUS_REFUSED: Final = "refused"  # the client will not train (privacy budget exhausted)
 STATUS_REJECTED: Final = "rejected"  # the client rejected the aggregate (bounds check)
 STATUS_FAILED: Final = "failed"  # the client could not serve the request (reason: kind only)
+STATUS_ALREADY_CHARGED: Final = "already-charged"  # the ledger holds this (run, round)
 
 # node_config keys (set by Flower in simulation, by the operator on a real SuperNode).
 NODE_PARTITION_ID: Final = "partition-id"

@@ -2,6 +2,10 @@
 
 The client holds the querier (the secret key never leaves this process): it encrypts rows,
 sends one Evaluate request per layer and chunk, decrypts, and applies activations.
+
+A call the server fails raises :class:`RemoteInferenceError` with the gRPC status; a
+server that cannot be reached at all (connection refused, unknown host) raises
+:class:`ServerUnreachableError`, which names the address.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedai.errors import ConfigError, InferenceError
+from fedai.errors import ConfigError, CorruptPayloadError, FedAIError
 from fedai.inference.encoding import (
     CkksProfile,
     EncryptedBatch,
@@ -24,7 +28,7 @@ from fedai.inference.encoding import (
     LayerInfo,
     Layout,
 )
-from fedai.inference.querier import Querier, encrypted_predict
+from fedai.inference.querier import Querier, RequestCallback, encrypted_predict
 from fedai.inference.service import LAYOUT_TO_PB, PB_TO_ACTIVATION, PB_TO_LAYOUT
 
 logger = logging.getLogger(__name__)
@@ -37,13 +41,51 @@ REQUEST_OVERHEAD_BYTES = 2**16
 """Room left in each request for the context and framing besides the ciphertexts."""
 
 
-class RemoteInferenceError(InferenceError):
-    """The inference server refused or failed a call; ``code`` is the gRPC status."""
+# Substrings of gRPC's UNAVAILABLE details that mean no connection was ever made.
+_UNREACHABLE = ("Connection refused", "errors resolving", "DNS resolution failed")
 
-    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{method} refused by the server: {code.name}: {details}")
+
+class RemoteInferenceError(FedAIError):
+    """The inference server refused or failed a call; ``code`` is the gRPC status.
+
+    Not an :class:`~fedai.errors.InferenceError`: those are this side's bad input, while
+    this is what the server (or the way to it) answered.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        target: str = "the server",
+        message: str | None = None,
+    ) -> None:
+        super().__init__(message or f"{target} answered {method} with {code.name}: {details}")
+        self.method = method
         self.code = code
         self.details = details
+        self.target = target
+
+
+class ServerUnreachableError(RemoteInferenceError):
+    """Nothing answered at the target address (connection refused, unknown host)."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str, *, target: str) -> None:
+        if "Connection refused" in details:
+            reason = "connection refused"
+        elif "resolv" in details:
+            reason = "the host name does not resolve"
+        else:
+            reason = details
+        super().__init__(
+            method,
+            code,
+            details,
+            target=target,
+            message=f"nothing listens at {target} ({reason}); start `fedai serve` there or "
+            "correct the address",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +152,10 @@ class InferenceClient:
                 request, metadata=self._metadata, timeout=self.timeout
             )
         except grpc.RpcError as err:
-            raise RemoteInferenceError(method, err.code(), err.details() or "") from err
+            code, details = err.code(), err.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _UNREACHABLE):
+                raise ServerUnreachableError(method, code, details, target=self.target) from err
+            raise RemoteInferenceError(method, code, details, target=self.target) from err
 
     def health(self) -> str:
         """Return the server's health status (``"SERVING"``)."""
@@ -149,7 +194,7 @@ class InferenceClient:
         )
         reply = self._call("Evaluate", request)
         if reply.layout not in PB_TO_LAYOUT:
-            raise InferenceError(f"reply layout must be rows or columns; got {reply.layout}")
+            raise CorruptPayloadError(f"reply layout must be rows or columns; got {reply.layout}")
         return EncryptedScores(
             layout=PB_TO_LAYOUT[reply.layout],
             rows=reply.rows,
@@ -159,7 +204,12 @@ class InferenceClient:
         )
 
     def predict(
-        self, rows: np.ndarray, *, querier: Querier | None = None, info: ServerInfo | None = None
+        self,
+        rows: np.ndarray,
+        *,
+        querier: Querier | None = None,
+        info: ServerInfo | None = None,
+        on_request: RequestCallback | None = None,
     ) -> np.ndarray:
         """Encrypted inference of the whole served model on ``rows``.
 
@@ -167,6 +217,7 @@ class InferenceClient:
             rows: ``(n, d)`` features.
             querier: key holder to use; default generates a fresh key for this call.
             info: the server's :meth:`info`, if already fetched.
+            on_request: called before each Evaluate request (progress reporting).
 
         Returns:
             Decrypted outputs of the last layer, ``(n, out_features)``.
@@ -182,7 +233,8 @@ class InferenceClient:
             rows,
             max_rows=info.max_rows,
             max_ciphertexts=max(1, budget // (ct_bytes + 16)),
+            on_request=on_request,
         )
 
 
-__all__ = ["InferenceClient", "RemoteInferenceError", "ServerInfo"]
+__all__ = ["InferenceClient", "RemoteInferenceError", "ServerInfo", "ServerUnreachableError"]

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # A layer evaluator: (layer index, public context bytes, encrypted batch) -> encrypted scores.
 LayerEvaluator = Callable[[int, bytes, EncryptedBatch], EncryptedScores]
+# Told before each request: (request number from 1, total requests, what it carries).
+RequestCallback = Callable[[int, int, str], None]
 
 
 class Querier:
@@ -150,6 +152,7 @@ def encrypted_predict(
     layout: Layout | None = None,
     max_rows: int | None = None,
     max_ciphertexts: int | None = None,
+    on_request: RequestCallback | None = None,
 ) -> np.ndarray:
     """Run a served model on ``rows``: one round trip per linear layer (per request chunk).
 
@@ -164,6 +167,8 @@ def encrypted_predict(
         layout: force a layout; default picks per layer with :func:`choose_layout`.
         max_rows: most rows one request may carry (the server's limit); default no limit.
         max_ciphertexts: most ciphertexts one request may carry; default no limit.
+        on_request: called before each request with its number (from 1), the total and a
+            description such as ``"layer 1 of 3, rows 1-200 of 200"`` (progress only).
 
     Returns:
         The last layer's decrypted outputs, shape ``(n, out_features)``.
@@ -178,12 +183,23 @@ def encrypted_predict(
     if x.shape[1] != layers[0].in_features:
         raise InferenceError(f"rows must have {layers[0].in_features} features; got {x.shape[1]}")
     context = querier.public_context()
-    for index, layer in enumerate(layers):
-        chosen, per_request = _plan(
-            x.shape[0], layer, querier.profile, layout, max_rows, max_ciphertexts
-        )
+    n = x.shape[0]
+    plans = [
+        _plan(n, layer, querier.profile, layout, max_rows, max_ciphertexts) for layer in layers
+    ]
+    total = sum(-(-n // per_request) for _, per_request in plans)
+    done = 0
+    for index, (layer, (chosen, per_request)) in enumerate(zip(layers, plans, strict=True)):
         parts = []
-        for start in range(0, x.shape[0], per_request):
+        for start in range(0, n, per_request):
+            if on_request is not None:
+                done += 1
+                stop = min(n, start + per_request)
+                on_request(
+                    done,
+                    total,
+                    f"layer {index + 1} of {len(layers)}, rows {start + 1}-{stop} of {n}",
+                )
             batch = querier.encrypt(x[start : start + per_request], layout=chosen)
             parts.append(querier.decrypt(evaluate(index, context, batch)))
         x = np.concatenate(parts, axis=0)
@@ -223,4 +239,4 @@ def _plan(
     return chosen, min(row_cap, rows_per_ciphertext(chosen, d, profile) * max_ciphertexts)
 
 
-__all__ = ["LayerEvaluator", "Querier", "encrypted_predict"]
+__all__ = ["LayerEvaluator", "Querier", "RequestCallback", "encrypted_predict"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -457,6 +458,9 @@ def create_server(
     options = [
         ("grpc.max_receive_message_length", lim.transport_bytes),
         ("grpc.max_send_message_length", -1),
+        # gRPC sets SO_REUSEPORT by default: a second server on a busy port would start
+        # and silently share the port's connections with the first.
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
     servicer = InferenceServicer(holder, tokens=tokens, audit=audit or AuditLog(None), limits=lim)
@@ -473,14 +477,33 @@ def create_server(
     except OSError as err:
         raise ConfigError(f"TLS files must be readable: {err}") from err
     except RuntimeError as err:
-        raise ConfigError(f"address {address} must be bindable: {err}") from err
+        raise ConfigError(
+            f"address {address} must be free to listen on; got {_bind_problem(host, port)}"
+        ) from err
     if bound == 0:
-        raise ConfigError(f"address {address} must be bindable; binding failed")
+        raise ConfigError(
+            f"address {address} must be free to listen on; got {_bind_problem(host, port)}"
+        )
     if tokens is None:
         logger.warning("serving without access tokens: anyone who can connect may query")
     server.start()
     logger.info("encrypted inference serving %d layers on %s:%d", len(holder.layers), host, bound)
     return server, bound
+
+
+def _bind_problem(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound, as the OS says it (gRPC's own error says little)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, sockaddr = found[0]
+    except (socket.gaierror, UnicodeError) as err:
+        return f"a host that does not resolve ({err})"
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(sockaddr)
+    except OSError as err:
+        return err.strerror or str(err)
+    return "a bind failure inside gRPC (run with -v for gRPC's log)"
 
 
 __all__ = [

@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 #: ``train_fn(x, y, seed) -> trained model``: the training procedure under audit.
 TrainFn = Callable[[np.ndarray, np.ndarray, int], "nn.Module"]
 
+#: ``on_step(step, total, description)``: told before each step of an audit (progress).
+StepCallback = Callable[[int, int, str], None]
+
 #: The false-positive rates every attack reports the TPR at.
 FPR_TARGETS: tuple[float, float] = (0.01, 0.001)
 
@@ -670,6 +673,7 @@ def audit_training(
     attacks: tuple[str, ...] = ("loss", "lira"),
     intervals: IntervalSettings = DEFAULT_INTERVALS,
     num_nonmembers: int | None = None,
+    on_step: StepCallback | None = None,
 ) -> AuditReport:
     """Audit a training procedure end to end with the loss and offline-LiRA attacks.
 
@@ -692,6 +696,8 @@ def audit_training(
         num_nonmembers: held-out examples scored (default: ``num_members``). More
             non-members narrow the intervals and resolve lower FPRs (``1/num_nonmembers``)
             without changing what is trained; the AUC's expectation does not depend on it.
+        on_step: told before training each model and before the attacks (progress only:
+            ``1 + shadow models + 1`` steps with LiRA, 2 without).
 
     Raises:
         InvalidPrivacyParameterError: too few examples for the requested split.
@@ -716,11 +722,21 @@ def audit_training(
         order[num_members + num_non :],
     )
     seeds = rng.integers(0, 2**31 - 1, size=num_shadow_models + 1)
+    num_shadows = num_shadow_models if "lira" in attacks else 0
+    total = num_shadows + 2
+
+    def step(done: int, description: str) -> None:
+        if on_step is not None:
+            on_step(done, total, description)
+
+    step(1, f"training the target model on {num_members} members")
     target = train_fn(x[mem], y[mem], int(seeds[0]))
     shadows = []
-    for i in range(num_shadow_models if "lira" in attacks else 0):
+    for i in range(num_shadows):
+        step(i + 2, f"training shadow model {i + 1} of {num_shadows}")
         pick = rng.choice(pool, size=num_members, replace=False)
         shadows.append(train_fn(x[pick], y[pick], int(seeds[i + 1])))
+    step(total, f"attacking ({', '.join(attacks)}) and bootstrapping the intervals")
     members, nonmembers = (x[mem], y[mem]), (x[non], y[non])
     report = AuditReport(
         loss=loss_threshold_attack(
@@ -885,6 +901,7 @@ __all__ = [
     "AttackScores",
     "AuditReport",
     "IntervalSettings",
+    "StepCallback",
     "TrainFn",
     "attack_metrics",
     "audit_training",

@@ -209,16 +209,30 @@ def run_ledger(args: argparse.Namespace) -> int:
 
     ledgers = [PrivacyLedger.load(f) for f in args.files]
     statement = privacy_statement(ledgers=ledgers)
+    # Rounds whose result a crashed coordinator lost: spent (and in epsilon), never used.
+    lost = {
+        ledger.client_id: [{"run_id": e.run_id, "round": e.round} for e in ledger.lost]
+        for ledger in ledgers
+        if ledger.lost
+    }
     if args.json:
-        print(json.dumps(statement, indent=2, sort_keys=True))
+        print(json.dumps({**statement, "lost_rounds": lost}, indent=2, sort_keys=True))
     else:
         for ledger in ledgers:
-            eps = ", ".join(f"{e.epsilon:.3f}" for e in ledger.entries)
+            eps = ", ".join(
+                f"{e.epsilon:.3f}" + (" lost" if e.lost else "") for e in ledger.entries
+            )
             state = " (exhausted)" if ledger.exhausted else ""
             print(
                 f"client {ledger.client_id}: {len(ledger)} rounds, epsilon after each: "
                 f"[{eps}] at delta {ledger.delta:g} ({ledger.accountant}){state}"
             )
+            if ledger.lost:
+                rounds = ", ".join(f"run {e.run_id} round {e.round}" for e in ledger.lost)
+                print(
+                    f"  lost: {rounds} (trained and charged, but the coordinator crashed "
+                    "before completing the round; the spend counts in epsilon)"
+                )
         print(statement["text"])
     return 0
 
@@ -317,6 +331,7 @@ def run_audit_config(
     )
     from fedai.privacy.dpsgd import planned_event
     from fedai.privacy.plan import client_noise_multiplier
+    from fedai.progress import Steps
 
     if compare and cfg.privacy.mode == "none":
         raise ConfigError(
@@ -389,7 +404,14 @@ def run_audit_config(
     if compare or cfg.privacy.mode == "none":
         settings.insert(0, ("non_private", None))
     results: dict[str, AuditReport] = {}
+    per_setting = (audit.shadow_models if "lira" in attacks else 0) + 2
+    steps = Steps(total=per_setting * len(settings))
     for name, sigma_or_none in settings:
+        label = "non-private" if name == "non_private" else "DP"
+
+        def on_step(_done: int, _total: int, what: str, label: str = label) -> None:
+            steps.step(f"{label}: {what}")
+
         fn = make_train_fn(
             spec=spec,
             epochs=audit.epochs,
@@ -411,6 +433,7 @@ def run_audit_config(
             attacks=attacks,
             intervals=intervals,
             num_nonmembers=num_non,
+            on_step=on_step,
         )
         report.setdefault(name, {}).update(results[name].to_dict())
     if "non_private" in results and "dp" in results:
@@ -491,6 +514,15 @@ def run_audit(args: argparse.Namespace) -> int:
     # small; on a busy 2-core machine 2 threads made a DP-SGD training run ~8x slower.
     torch.set_num_threads(1)
     cfg = ExperimentConfig.load(args.config, args.overrides)
+    if args.out:  # before minutes of training, not after them
+        from fedai.preflight import check_output_file
+
+        check_output_file(Path(args.out))
+    if cfg.privacy.mode != "none" and cfg.privacy.secure_mode:
+        logger.warning(
+            "privacy.secure_mode has no effect in fedai audit: its DP-SGD draws noise from "
+            "an OS-seeded torch generator (secure_mode applies to fedai simulate's clients)"
+        )
     report = run_audit_config(
         cfg,
         compare=args.compare,

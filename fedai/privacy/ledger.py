@@ -15,6 +15,18 @@ computes the epsilon the next round *would* reach and refuses (marking the ledge
 exhausted) before any training; :meth:`~PrivacyLedger.record` commits the event that
 actually ran.
 
+Runs and resumes. Every entry records the coordinator's run id (random, kept across
+coordinator resumes) and session (random, new at each coordinator start) beside the round.
+A coordinator that crashed and resumed from its checkpoint re-sends the rounds after its
+last completed one. :meth:`~PrivacyLedger.start_round` refuses a round the ledger already
+charged for that run (:class:`~fedai.errors.RoundAlreadyChargedError`): a second training
+would be a second noisy release of the same data, a real and separate privacy cost, so
+the client does not train again, and the coordinator leaves it out of that round.
+:meth:`~PrivacyLedger.mark_lost` marks the entries whose result the coordinator lost
+(charged in an earlier session, in a round after the one it resumed from) ``lost``: they
+stay in the history and in epsilon (the noise was released), and ``fedai privacy ledger``
+shows them.
+
 Example:
     >>> ledger = PrivacyLedger(client_id="c0", delta=1e-5, budget_epsilon=8.0)
     >>> _ = ledger.check(DpSgdEvent(1.0, 0.05, 40))
@@ -28,11 +40,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fedai.errors import InvalidPrivacyParameterError, LedgerError, PrivacyBudgetExceededError
+from fedai.errors import (
+    InvalidPrivacyParameterError,
+    LedgerError,
+    PrivacyBudgetExceededError,
+    RoundAlreadyChargedError,
+)
 from fedai.fileio import atomic_write
 from fedai.privacy.accounting import (
     ACCOUNTANTS,
@@ -46,7 +63,9 @@ from fedai.privacy.accounting import (
 logger = logging.getLogger(__name__)
 
 LEDGER_FORMAT = "fedai.privacy-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2  # 2 added run_id, session and lost to entries; version 1 files load
+READABLE_VERSIONS = (1, 2)
+MAX_ID_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +80,10 @@ class LedgerEntry:
         epsilon: cumulative epsilon of every entry up to and including this one.
         delta: the delta ``epsilon`` is stated at.
         accountant: the accountant that computed ``epsilon`` (``rdp`` or ``prv``).
+        run_id: the coordinator's run id (``""``: not known, e.g. a version-1 ledger).
+        session: the coordinator start that asked for the round (``""``: not known).
+        lost: the coordinator lost this round's result (it crashed and resumed from an
+            earlier round); the spend is real and stays in epsilon.
     """
 
     round: int
@@ -70,6 +93,9 @@ class LedgerEntry:
     epsilon: float
     delta: float
     accountant: str
+    run_id: str = ""
+    session: str = ""
+    lost: bool = False
 
     @property
     def event(self) -> DpSgdEvent:
@@ -86,6 +112,9 @@ class LedgerEntry:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "accountant": self.accountant,
+            "run_id": self.run_id,
+            "session": self.session,
+            "lost": self.lost,
         }
 
     @classmethod
@@ -119,6 +148,16 @@ class LedgerEntry:
             raise LedgerError(
                 f"ledger entry.accountant must be one of rdp, prv; got {accountant!r}"
             )
+        run_id, session = data.get("run_id", ""), data.get("session", "")
+        lost = data.get("lost", False)
+        for name, value in (("run_id", run_id), ("session", session)):
+            if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+                raise LedgerError(
+                    f"ledger entry.{name} must be a string of <= {MAX_ID_CHARS} characters; "
+                    f"got {value!r}"
+                )
+        if not isinstance(lost, bool):
+            raise LedgerError(f"ledger entry.lost must be true or false; got {lost!r}")
         return cls(
             round=rnd,
             noise_multiplier=event.noise_multiplier,
@@ -127,7 +166,14 @@ class LedgerEntry:
             epsilon=float(eps),
             delta=delta,
             accountant=str(accountant),
+            run_id=run_id,
+            session=session,
+            lost=lost,
         )
+
+    def charged_in(self, run_id: str, round: int) -> bool:
+        """Whether this entry is a charge for round ``round`` of run ``run_id``."""
+        return bool(self.run_id) and self.run_id == run_id and self.round == round
 
 
 class PrivacyLedger:
@@ -174,6 +220,7 @@ class PrivacyLedger:
         self._entries: list[LedgerEntry] = list(entries)
         self._exhausted = bool(exhausted)
         self._cache: dict[tuple[int, float, str], float] = {}
+        self._pending: tuple[str, str, int] | None = None  # (run id, session, round) claimed
 
     # ------------------------------------------------------------------ views
     @property
@@ -208,8 +255,16 @@ class PrivacyLedger:
 
     @property
     def history(self) -> list[DpSgdEvent]:
-        """The ``(noise_multiplier, sample_rate, steps)`` events, oldest first."""
+        """The ``(noise_multiplier, sample_rate, steps)`` events, oldest first.
+
+        Every entry counts, ``lost`` ones included: their noise was released.
+        """
         return [e.event for e in self._entries]
+
+    @property
+    def lost(self) -> tuple[LedgerEntry, ...]:
+        """The entries whose result the coordinator lost (still counted in epsilon)."""
+        return tuple(e for e in self._entries if e.lost)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -276,11 +331,92 @@ class PrivacyLedger:
             )
         return projected
 
+    # ------------------------------------------------------------------ runs and resumes
+    def charge_of(self, *, run_id: str, round: int) -> LedgerEntry | None:
+        """The entry charging round ``round`` of run ``run_id``, or None."""
+        return next((e for e in self._entries if e.charged_in(run_id, round)), None)
+
+    def start_round(self, *, run_id: str, round: int, session: str = "") -> None:
+        """Claim round ``round`` of run ``run_id`` before training; refuse a second charge.
+
+        The next :meth:`record` of that round is stamped with ``run_id`` and ``session``.
+
+        Why refuse rather than train again: after a coordinator resume the same round can
+        arrive twice. Training again would release a second noisy update of the same data:
+        its privacy cost is real and adds to the first, and the first release (which the
+        coordinator lost) cannot be taken back. Refusing costs the round this client's
+        contribution only; the coordinator leaves the client out of that round and samples
+        it again in the next.
+
+        Raises:
+            InvalidPrivacyParameterError: an empty or over-long run id, or a bad round.
+            RoundAlreadyChargedError: the ledger already charged that (run id, round).
+        """
+        _check_id(run_id, name="run_id", allow_empty=False)
+        _check_id(session, name="session", allow_empty=True)
+        if isinstance(round, bool) or not isinstance(round, int) or round < 1:
+            raise InvalidPrivacyParameterError(f"round must be an integer >= 1; got {round!r}")
+        charged = self.charge_of(run_id=run_id, round=round)
+        if charged is not None:
+            state = "lost by the coordinator, " if charged.lost else ""
+            raise RoundAlreadyChargedError(
+                f"round {round} of run {run_id} already charged ({state}epsilon "
+                f"{charged.epsilon:.4g} after it); client {self._client_id!r} does not train "
+                "it again: a second noisy release would spend privacy a second time",
+                run_id=run_id,
+                round=round,
+            )
+        self._pending = (run_id, session, round)
+
+    def mark_lost(self, *, run_id: str, session: str, resumed_after: int) -> list[LedgerEntry]:
+        """Mark the rounds of ``run_id`` the coordinator lost; return the newly marked ones.
+
+        A coordinator that resumed after round ``resumed_after`` in session ``session``
+        never completed any later round it asked for in an earlier session: those entries
+        (same run, another session, ``round > resumed_after``) become ``lost``. They stay
+        in the history and in epsilon.
+
+        Raises:
+            InvalidPrivacyParameterError: an empty run id or session, or a negative round.
+        """
+        _check_id(run_id, name="run_id", allow_empty=False)
+        _check_id(session, name="session", allow_empty=False)
+        if isinstance(resumed_after, bool) or not isinstance(resumed_after, int):
+            raise InvalidPrivacyParameterError(
+                f"resumed_after must be an integer >= 0; got {resumed_after!r}"
+            )
+        if resumed_after < 0:
+            raise InvalidPrivacyParameterError(
+                f"resumed_after must be an integer >= 0; got {resumed_after!r}"
+            )
+        marked: list[LedgerEntry] = []
+        for i, e in enumerate(self._entries):
+            if (
+                e.run_id == run_id
+                and not e.lost
+                and e.session != session
+                and e.round > resumed_after
+            ):
+                self._entries[i] = replace(e, lost=True)
+                marked.append(self._entries[i])
+        if marked:
+            logger.warning(
+                "client %s: run %s resumed after round %d; round(s) %s it charged were "
+                "lost by the coordinator (still counted in epsilon)",
+                self._client_id,
+                run_id,
+                resumed_after,
+                ", ".join(str(e.round) for e in marked),
+            )
+        return marked
+
     def record(self, *, round: int, event: DpSgdEvent | Sequence[float]) -> LedgerEntry:
         """Commit a round that ran; return its entry with the cumulative epsilon.
 
         Recording never refuses: once noisy gradients were computed the privacy is spent.
-        Check the budget with :meth:`check` first.
+        Check the budget with :meth:`check` (and claim the round with
+        :meth:`start_round`) first. The entry carries the run id and session claimed by
+        :meth:`start_round` for this round, if any.
 
         Raises:
             InvalidPrivacyParameterError: a bad event or round number.
@@ -296,6 +432,10 @@ class PrivacyLedger:
         eps = epsilon_from_history(
             [*self.history, ev], delta=self._delta, accountant=self._accountant
         )
+        run_id, session = "", ""
+        if self._pending is not None and self._pending[2] == round:
+            run_id, session, _ = self._pending
+        self._pending = None
         entry = LedgerEntry(
             round=round,
             noise_multiplier=ev.noise_multiplier,
@@ -304,6 +444,8 @@ class PrivacyLedger:
             epsilon=eps,
             delta=self._delta,
             accountant=self._accountant,
+            run_id=run_id,
+            session=session,
         )
         self._entries.append(entry)
         self._cache[(len(self._entries), self._delta, self._accountant)] = eps
@@ -343,11 +485,16 @@ class PrivacyLedger:
         """
         if not isinstance(data, Mapping):
             raise LedgerError(f"ledger must be a JSON object; got {type(data).__name__}")
-        if data.get("format") != LEDGER_FORMAT or data.get("version") != LEDGER_VERSION:
+        version = data.get("version")
+        if (
+            data.get("format") != LEDGER_FORMAT
+            or isinstance(version, bool)
+            or version not in READABLE_VERSIONS
+        ):
             raise LedgerError(
                 f"ledger must have format {LEDGER_FORMAT!r} version "
-                f"{LEDGER_VERSION}; got {data.get('format')!r} version "
-                f"{data.get('version')!r}"
+                f"{' or '.join(str(v) for v in READABLE_VERSIONS)}; got {data.get('format')!r} "
+                f"version {version!r}"
             )
         raw_entries = data.get("entries")
         if not isinstance(raw_entries, list):
@@ -480,6 +627,21 @@ class PrivacyLedger:
         return ledger
 
 
+def _check_id(value: object, *, name: str, allow_empty: bool) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_ID_CHARS
+        or (not value and not allow_empty)
+        or not value.isprintable()
+    ):
+        need = "" if allow_empty else "non-empty "
+        raise InvalidPrivacyParameterError(
+            f"{name} must be a {need}printable string of <= {MAX_ID_CHARS} characters; "
+            f"got {str(value)[:80]!r}"
+        )
+    return value
+
+
 def _bad_entry(value: object) -> LedgerEntry:
     raise LedgerError(f"ledger entry must be an object; got {value!r}")
 
@@ -493,6 +655,7 @@ def max_epsilon(ledgers: Iterable[PrivacyLedger]) -> float:
 __all__ = [
     "LEDGER_FORMAT",
     "LEDGER_VERSION",
+    "READABLE_VERSIONS",
     "LedgerEntry",
     "PrivacyLedger",
     "max_epsilon",

@@ -418,7 +418,7 @@ def test_request_that_kills_the_server_is_on_record(tmp_path):
 
 
 @pytest.mark.usefixtures("umask_022")
-def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path):
+def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path, capsys):
     # Arrange
     _, _, x_test = digits
     x = x_test[:40]
@@ -442,6 +442,7 @@ def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path):
                 str(tmp_path / "token"),
             ]
         )
+        answered_err = capsys.readouterr().err
         refused = cli.main(
             [
                 "infer",
@@ -453,11 +454,14 @@ def test_cli_serve_and_infer_over_loopback(mlp_dir, digits, tmp_path):
                 str(tmp_path / "bad.npz"),
             ]
         )
+        refused_err = capsys.readouterr().err
     # Assert
     plain = ModelHolder.from_path(mlp_dir).predict_plain(x)
     out = np.load(tmp_path / "out.npz")
     assert code == 0
-    assert refused == 1
+    assert refused == 2  # no token for a server that needs one: the user's to fix
+    assert f"error: the server at {target} requires a bearer token; got none" in refused_err
+    assert "fedai infer: [1/3] layer 1 of 3, rows 1-40 of 40" in answered_err
     assert np.mean(out["predictions"] == plain.argmax(1)) >= 0.975
     assert np.abs(out["scores"] - plain).max() <= 1e-2
     assert (tmp_path / "out.npz").stat().st_mode & 0o777 == 0o600

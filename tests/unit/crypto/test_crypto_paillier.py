@@ -28,9 +28,10 @@ from fedai.crypto import (
     load_paillier_client_bundle,
     load_paillier_coordinator_bundle,
 )
-from fedai.crypto.paillier import layout_mac_key
+from fedai.crypto.paillier import layout_mac_key, weight_problems
 from fedai.crypto.paillier_keys import PaillierClientBundle
 from fedai.crypto.paillier_math import PublicKey, SecretKey
+from fedai.data import load_client
 from fedai.errors import (
     ConfigError,
     ContributionError,
@@ -39,7 +40,9 @@ from fedai.errors import (
     KeyFileError,
     KeyMismatchError,
 )
+from fedai.preflight import check_run
 from fedai.schemes import client_codec, coordinator_sum
+from fedai.schemes import weight_problems as schemes_weight_problems
 
 SHAPES = [(3, 4), (4,)]
 MAX_CLIENTS = 12  # the property test's configured maximum total weight
@@ -241,9 +244,9 @@ def test_cli_refuses_options_of_another_scheme(
         main(
             ["keys", "create", "--scheme", "paillier", "--key-bits", "1024", "--out", str(tmp_path)]
         )
-        == 1
+        == 2
     )
-    assert "InsecureParametersError" in capsys.readouterr().err
+    assert "error: key_bits must be >= 2048" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["keys", "create", "--scheme", "rot13", "--out", str(tmp_path)])
     assert "invalid choice: 'rot13' (choose from 'ckks', 'paillier')" in capsys.readouterr().err
@@ -522,6 +525,59 @@ def test_config_refuses_more_clients_than_the_headroom_allows() -> None:
         {**base, "secure_aggregation": {"scheme": "paillier", "max_total_weight": 20}}
     )
     assert ok.secure_aggregation.max_total_weight == 20
+
+
+def test_total_weight_beyond_the_headroom_is_refused_before_the_first_round() -> None:
+    # Arrange: 3 of 5 clients a round; the three largest hold 300 + 200 + 150 examples
+    def cfg(max_total_weight: int, mode: str = "none") -> ExperimentConfig:
+        privacy = {"mode": mode, "noise_multiplier": 1.0} if mode != "none" else {}
+        return ExperimentConfig.from_mapping(
+            {
+                "experiment": {"num_clients": 5, "clients_per_round": 3},
+                "privacy": privacy,
+                "secure_aggregation": {"scheme": "paillier", "max_total_weight": max_total_weight},
+            }
+        )
+
+    sizes = [100, 300, 150, 200, 50]
+
+    # Act / Assert: the message names the setting, the value needed and why
+    (problem,) = weight_problems(cfg(649), sizes)
+    assert problem.startswith("secure_aggregation.max_total_weight must be >= 650")
+    assert "experiment.clients_per_round = 3" in problem
+    assert "10-bit headroom" in problem
+    assert problem.endswith("got 649 (>= 650 costs 0 more bit(s) per slot)")
+    (wider,) = weight_problems(cfg(500), sizes)
+    assert "9-bit headroom" in wider
+    assert "costs 1 more bit(s)" in wider
+    assert weight_problems(cfg(650), sizes) == []
+    # one example per contribution under user-level DP (the config check covers it)
+    assert weight_problems(cfg(5, mode="local+user"), sizes) == []
+    assert schemes_weight_problems(cfg(649), sizes) == [problem]
+    assert schemes_weight_problems(ExperimentConfig(), sizes) == []
+
+
+def test_preflight_refuses_a_headroom_the_simulated_clients_overflow(keys: Path) -> None:
+    # Arrange: the quickstart's 10 digits clients hold 1,439 training examples together
+    def cfg(max_total_weight: int) -> ExperimentConfig:
+        return ExperimentConfig.from_mapping(
+            {
+                "secure_aggregation": {
+                    "scheme": "paillier",
+                    "key_dir": str(keys),
+                    "max_total_weight": max_total_weight,
+                }
+            }
+        )
+
+    sizes = [len(load_client(cfg(1024), i).y_train) for i in range(10)]
+
+    # Act / Assert: `fedai simulate` runs check_run before anything starts
+    with pytest.raises(
+        ConfigError, match=rf"max_total_weight must be >= {sum(sizes)}, .* got 1024"
+    ):
+        check_run(cfg(1024))
+    assert check_run(cfg(2048)).client_sizes == {str(i): n for i, n in enumerate(sizes)}
 
 
 def test_unknown_scheme_lists_the_registry() -> None:

@@ -505,7 +505,9 @@ def test_cli_compare_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_cli_compare_needs_a_dp_side(tmp_path: Path) -> None:
     config = tmp_path / "tiny.toml"
-    config.write_text(_TINY.replace('mode = "local"', 'mode = "none"'), encoding="utf-8")
+    # DP-SGD settings without DP-SGD are refused at load, so drop them with the mode.
+    plain = _TINY.replace('mode = "local"\nnoise_multiplier = 2.0', 'mode = "none"')
+    config.write_text(plain, encoding="utf-8")
     from fedai.config import ExperimentConfig
     from fedai.privacy.cli import run_audit_config
 

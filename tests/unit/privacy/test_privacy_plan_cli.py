@@ -159,7 +159,7 @@ def test_cli_ledger_statement(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["privacy", "ledger", str(tmp_path / "l.json")]) == 0
     assert "client 7: 1 rounds" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
-    assert main(["privacy", "ledger", str(tmp_path / "bad.json")]) == 1
+    assert main(["privacy", "ledger", str(tmp_path / "bad.json")]) == 2
     assert "bad.json" in capsys.readouterr().err
 
 

@@ -1,0 +1,281 @@
+"""The round loop's checkpoints: what :class:`server.rounds.FederatedRun` saves and restores.
+
+After discovery (round 0) and after every completed round (accepted, failed or skipped)
+the coordinator writes a :class:`fedai.checkpoint.Checkpoint` into the run directory:
+the global model and the server optimiser's state exactly as it holds them (ciphertexts
+under HE: nothing is decrypted here), the round records, the per-client view (exhausted
+marks, latest privacy reports) and the run id. A coordinator started again with the same
+config and run directory continues after the last completed round.
+
+Every message the coordinator sends names the run (:data:`~fedai.federation.keys.
+KEY_RUN_ID`, random and kept across resumes), this start of the coordinator
+(:data:`~fedai.federation.keys.KEY_RUN_SESSION`, random per start) and the round it
+resumed after (:data:`~fedai.federation.keys.KEY_RESUMED_AFTER`, 0 for a new run), so
+client ledgers record which run and round each charge belongs to, mark the rounds a crash
+lost and refuse to charge a round twice (:mod:`clients.privacy`).
+
+What is *not* restored: node ids (a restarted federation may renumber its nodes; clients
+are matched by client id) and availability marks (discovery finds who is there).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedai.checkpoint import CHECKPOINT_DIR, Checkpoint
+from fedai.config import ExperimentConfig
+from fedai.errors import CheckpointError
+from fedai.federation import keys
+from fedai.models import ModelSpec
+from fedai.results import RoundRecord, RunSummary
+from server.strategy import GlobalModel
+from server.transport import ClientInfo
+
+if TYPE_CHECKING:
+    from server.rounds import FederatedRun
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_BYTES = 8
+SESSION_BYTES = 4
+
+
+def key_fingerprint(summer: object) -> str:
+    """Hex fingerprint of the coordinator's key set (``""`` for a scheme without keys)."""
+    fp = getattr(summer, "fingerprint", None)
+    return fp.hex() if isinstance(fp, bytes) else ""
+
+
+def load_for(run_dir: str | Path, cfg: ExperimentConfig) -> Checkpoint | None:
+    """The checkpoint in ``run_dir`` if there is one, checked against ``cfg``.
+
+    Raises:
+        CheckpointError: the checkpoint is corrupt, foreign, or of another config.
+    """
+    ckpt = Checkpoint.find(run_dir)
+    if ckpt is not None:
+        ckpt.check_config(cfg.to_dict(), where=Checkpoint.path_in(run_dir))
+    return ckpt
+
+
+def start_or_resume(
+    run_dir: str | Path,
+    cfg: ExperimentConfig,
+    *,
+    resume: bool,
+    overwrite: bool = False,
+    state_dirs: tuple[str, ...] = (),
+) -> Checkpoint | None:
+    """What a command that owns ``run_dir`` continues: the checkpoint there, or nothing.
+
+    Args:
+        run_dir: The run's results directory.
+        cfg: The experiment config (a checkpoint of another one is refused).
+        resume: Continue the checkpoint in ``run_dir`` (``--resume``).
+        overwrite: Start a new run even if ``run_dir`` holds one: its checkpoint and the
+            ``state_dirs`` (e.g. simulated clients' ledgers) are removed first.
+        state_dirs: Subdirectories of ``run_dir`` that belong to the run's state.
+
+    Returns:
+        The checkpoint to resume, or None for a new run.
+
+    Raises:
+        CheckpointError: ``resume`` without a checkpoint; a new run into a directory that
+            holds one (without ``overwrite``); a corrupt checkpoint or another config's.
+    """
+    root = Path(run_dir)
+    path = Checkpoint.path_in(root)
+    if resume:
+        ckpt = load_for(root, cfg)
+        if ckpt is None:
+            raise CheckpointError(f"--resume needs a checkpoint in {root}; {path} does not exist")
+        return ckpt
+    leftovers = [root / d for d in (CHECKPOINT_DIR, *state_dirs) if (root / d).exists()]
+    if leftovers and not overwrite:
+        try:
+            found = Checkpoint.load(path) if path.exists() else None
+        except CheckpointError:
+            found = None
+        what = (
+            f"run {found.run_id} (round {found.round} of "
+            f"{found.config.get('experiment', {}).get('rounds', '?')})"
+            if found is not None
+            else "an earlier run's state"
+        )
+        raise CheckpointError(
+            f"{root} holds {what} ({', '.join(str(p) for p in leftovers)}); resume it with "
+            "--resume, or start over with --overwrite or another --out"
+        )
+    for directory in leftovers:
+        shutil.rmtree(directory)
+    return None
+
+
+class Checkpointer:
+    """Saves the loop's state after each round and restores it from a checkpoint.
+
+    Args:
+        run_dir: Where the checkpoint is written (``run_dir/checkpoint/``); None writes none.
+        resume: The checkpoint to continue (already checked against the config), or None.
+    """
+
+    def __init__(self, run_dir: str | Path | None, resume: Checkpoint | None = None) -> None:
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.resume = resume
+        self.run_id = resume.run_id if resume is not None else secrets.token_hex(RUN_ID_BYTES)
+        self.session = secrets.token_hex(SESSION_BYTES)
+        self.resumed_after = resume.round if resume is not None else 0
+        self.seconds_before = resume.seconds if resume is not None else 0.0
+
+    def identity(self) -> dict[str, bool | int | float | str]:
+        """The run's identity, sent with every message."""
+        return {
+            keys.KEY_RUN_ID: self.run_id,
+            keys.KEY_RUN_SESSION: self.session,
+            keys.KEY_RESUMED_AFTER: self.resumed_after,
+        }
+
+    # ------------------------------------------------------------------ restore
+    def spec(self, discovered: ModelSpec) -> ModelSpec:
+        """The model spec to use: the checkpoint's, which the federation must still match.
+
+        Raises:
+            CheckpointError: the federation's data now implies another model.
+        """
+        if self.resume is None:
+            return discovered
+        try:
+            stored = ModelSpec.from_dict(self.resume.spec)
+        except Exception as err:
+            raise CheckpointError(f"checkpoint of run {self.run_id}: bad spec: {err}") from err
+        if stored != discovered:
+            raise CheckpointError(
+                f"checkpoint of run {self.run_id} holds a model for {stored}; the federation "
+                f"now implies {discovered} (the clients' data changed)"
+            )
+        return stored
+
+    def restore(
+        self,
+        run: FederatedRun,
+        clients: dict[int, ClientInfo],
+        summary: RunSummary,
+        shapes: list[tuple[int, ...]],
+    ) -> tuple[GlobalModel, int]:
+        """Put the checkpoint's state into ``run``, ``clients`` and ``summary``.
+
+        Returns:
+            The global model to continue from and the first round to run.
+
+        Raises:
+            CheckpointError: the checkpoint does not fit this coordinator (other key set,
+                other model layout, records that do not replay).
+        """
+        ckpt = self.resume
+        if ckpt is None:
+            return GlobalModel(), 1
+        where = f"checkpoint of run {ckpt.run_id}"
+        fingerprint = key_fingerprint(run.summer)
+        if ckpt.key_fingerprint != fingerprint:
+            raise CheckpointError(
+                f"{where} was made under key set {ckpt.key_fingerprint[:16] or 'none'}; this "
+                f"coordinator has {fingerprint[:16] or 'none'} (use the run's key directory)"
+            )
+        if ckpt.shapes != shapes:
+            raise CheckpointError(f"{where}: shapes must be {shapes}; got {ckpt.shapes}")
+        try:
+            records = [RoundRecord(**r) for r in ckpt.records]
+        except TypeError as err:
+            raise CheckpointError(f"{where}: a round record is malformed: {err}") from err
+        if [r.round for r in records] != list(range(1, ckpt.round + 1)):
+            raise CheckpointError(
+                f"{where}: records must be rounds 1..{ckpt.round}; got {[r.round for r in records]}"
+            )
+        try:
+            run.strategy.restore(records)
+        except Exception as err:
+            raise CheckpointError(f"{where}: strategy state does not replay: {err}") from err
+        summary.rounds.extend(records)
+        if ckpt.started_at:
+            summary.started_at = ckpt.started_at
+        run.transport.excluded.update(
+            {k: v for k, v in ckpt.excluded.items() if k not in run.transport.excluded}
+        )
+        run._privacy_reports.update(ckpt.privacy_reports)
+        by_id = {c.client_id: c for c in clients.values()}
+        for cid, view in ckpt.clients.items():
+            client = by_id.get(cid)
+            if client is not None and isinstance(view, dict) and view.get("exhausted"):
+                client.exhausted = str(view["exhausted"])
+        missing = sorted(set(ckpt.clients) - set(by_id))
+        if missing:
+            logger.warning("resumed run %s: client(s) %s did not reconnect", ckpt.run_id, missing)
+        logger.info(
+            "resuming run %s after round %d of %d",
+            ckpt.run_id,
+            ckpt.round,
+            run.cfg.experiment.rounds,
+        )
+        current = GlobalModel(
+            payload=ckpt.model,
+            weight=ckpt.model_weight if ckpt.model is not None else 0.0,
+            state=ckpt.state,
+        )
+        return current, ckpt.round + 1
+
+    # ------------------------------------------------------------------ save
+    def save(
+        self,
+        run: FederatedRun,
+        *,
+        round_: int,
+        current: GlobalModel,
+        clients: dict[int, ClientInfo],
+        summary: RunSummary,
+        spec: ModelSpec,
+        shapes: list[tuple[int, ...]],
+        seconds: float,
+    ) -> Path | None:
+        """Write the checkpoint after round ``round_`` (0: after discovery), atomically.
+
+        Raises:
+            CheckpointError: the file cannot be written (the run stops: going on without
+                a checkpoint would make the next crash lose everything).
+        """
+        if self.run_dir is None:
+            return None
+        views: dict[str, dict[str, Any]] = {}
+        for info in clients.values():
+            views[info.client_id] = {
+                "num_train": info.num_train,
+                "num_test": info.num_test,
+                "exhausted": info.exhausted,
+            }
+        previous = self.resume.clients if self.resume is not None else {}
+        for cid, view in previous.items():  # clients that did not reconnect keep their view
+            views.setdefault(cid, view)
+        ckpt = Checkpoint(
+            run_id=self.run_id,
+            round=round_,
+            config=run.cfg.to_dict(),
+            spec=spec.to_dict(),
+            shapes=shapes,
+            model=current.payload,
+            model_weight=float(current.weight),
+            state=current.state,
+            key_fingerprint=key_fingerprint(run.summer),
+            records=[r.to_dict() for r in summary.rounds],
+            clients=views,
+            excluded=dict(run.transport.excluded),
+            privacy_reports={k: dict(v) for k, v in run._privacy_reports.items()},
+            seconds=self.seconds_before + seconds,
+            started_at=summary.started_at,
+        )
+        return ckpt.save(self.run_dir)
+
+
+__all__ = ["Checkpointer", "key_fingerprint", "load_for", "start_or_resume"]
