@@ -59,7 +59,17 @@ FILE_MODE = 0o600  # the model (plaintext in the clear) and the run's records
 DIR_MODE = 0o700
 #: Settings that say where things are or how fast to go, not what the experiment is:
 #: a resumed run may change them (the key set itself is checked by its fingerprint).
-RUNTIME_SETTINGS = (("secure_aggregation", "key_dir"), ("secure_aggregation", "workers"))
+RUNTIME_SETTINGS = (
+    # where things are and how they are run, not what is computed: a resume may change them
+    ("secure_aggregation", "key_dir"),
+    ("secure_aggregation", "workers"),
+    ("experiment", "round_timeout"),
+    ("experiment", "max_missed_rounds"),
+    ("experiment", "retry_unavailable_every"),
+    ("monitoring", "metrics_port"),
+    ("monitoring", "metrics_host"),
+    ("monitoring", "log_format"),
+)
 _MAX_META_BYTES = 64 << 20
 _ENVELOPE_MAGIC = b"FEDAIENC"  # fedai.crypto.envelope.MAGIC (not imported: no TenSEAL here)
 _FINGERPRINT_AT = struct.calcsize(">8sHBB")  # magic, version, scheme, kind, then 32 bytes

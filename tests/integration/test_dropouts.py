@@ -3,8 +3,8 @@
 The nodes are in-process ClientApps behind a Grid that can make a node hang (its
 messages are never answered, as a node whose ClientApp is stuck) or die (the SuperLink
 stops listing it and answers for it with NODE_UNAVAILABLE, as Flower does after missed
-heartbeats). The Grid waits for replies like Flower's own ``send_and_receive``: it
-polls until every reply is in or the timeout passes.
+heartbeats). Replies are polled (push, then pull until every reply is in or the
+deadline passes), so a hung node really costs the round its deadline.
 """
 
 import collections
@@ -76,6 +76,8 @@ class FlakyGrid(InProcessGrid):
         return ids
 
     def send_and_receive(self, messages, *, timeout=None):
+        # Flower's contract; fedai's transport polls push/pull itself (fedai.federation.
+        # polling), which the overrides above serve just the same.
         waiting = set(self.push_messages(messages))
         end = time.monotonic() + (timeout or 0.0)
         out = []
