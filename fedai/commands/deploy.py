@@ -52,6 +52,7 @@ DEFAULT_SERVER_STATE = "fedai-server"
 STARTUP_SECONDS = 90.0  # the SuperLink (uvicorn + migrations) on a busy 2-core machine
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _FLOWER_CODE = re.compile(r"\[code: (\d+)\][^\n]*")
+_FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")
 #: Flower's API error codes a SuperNode can exit with, in an operator's words.
 _REFUSALS = {
     "2001": "the SuperLink requires node authentication and this node sent no auth key",
@@ -304,6 +305,7 @@ def run_server(args: argparse.Namespace) -> int:
                 if not quiet and deploy.keep_line(line, verbose=verbose):
                     print(line, flush=True)
 
+            submitted = time.time()
             run_id, code = deploy.submit_run(
                 app_dir,
                 {"config-file": str(config_path), "output.dir": str(out)},
@@ -320,23 +322,32 @@ def run_server(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("fedai server: interrupted; stopping the SuperLink", file=sys.stderr)
             return EXIT_INTERRUPTED
-    return _server_outcome(run_id, status, out, cfg)
+    return _server_outcome(run_id, status, out, cfg, since=submitted)
 
 
-def _server_outcome(run_id: int, status: str, out: Path, cfg: ExperimentConfig) -> int:
-    """Print the run's outcome and return the exit status (``flwr run`` itself says 0)."""
+def _server_outcome(
+    run_id: int, status: str, out: Path, cfg: ExperimentConfig, *, since: float
+) -> int:
+    """Print the run's outcome and return the exit status (``flwr run`` itself says 0).
+
+    ``since``: when the run was submitted (a results.json older than that is another
+    run's).
+    """
     results = out / "results.json"
+    fresh = results.exists() and results.stat().st_mtime >= since
+    judged = judge_results(results, cfg) if fresh else None
     if status != "finished:completed":
+        why = f": {judged[1]}" if judged is not None and judged[1] else ""
         print(
-            f"fedai server: run {run_id} ended {status or 'with an unknown status'}"
-            + (f"; partial results in {results}" if results.exists() else ""),
+            f"fedai server: run {run_id} ended {status or 'with an unknown status'}{why}"
+            + (f" (results: {results})" if fresh else ""),
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if not results.exists():
+    if judged is None:
         print(f"fedai server: run {run_id} wrote no {results}", file=sys.stderr)
         return EXIT_FAILED
-    verdict_code, reason, final = judge_results(results, cfg)
+    verdict_code, reason, final = judged
     if verdict_code != EXIT_OK:
         print(f"fedai server: failed: {reason} (results: {results})", file=sys.stderr)
         return verdict_code
@@ -495,7 +506,14 @@ def run_client(args: argparse.Namespace) -> int:
     config_file.write_text(
         "".join(f"{k} = {json.dumps(v)}\n" for k, v in node_config.items()), encoding="utf-8"
     )
-    env = deploy.flower_env(state / "flwr-home")
+    from fedai.federation.agent import torch_threads
+
+    try:
+        threads = torch_threads(node_config)
+    except ValueError as err:
+        raise ConfigError(f"client {cid}: {err}") from err
+    # flwr-clientapp processes (--isolation subprocess) read it; the agent sets torch's own
+    env = deploy.flower_env(state / "flwr-home", {"OMP_NUM_THREADS": str(threads)})
     runtime_port = deploy.free_port()
     flower_args = ["--superlink", f"{host}:{port}", "--node-config", str(config_file)]
     flower_args += ["--host", "127.0.0.1", "--port", str(runtime_port)]
@@ -539,8 +557,10 @@ def run_client(args: argparse.Namespace) -> int:
                     say(f"refused by the SuperLink: {refusal}; trying again in 5 s")
                     time.sleep(5.0)
                     continue
+                flower_code = _FLOWER_EXIT.findall(node.tail(40))
+                code = flower_code[-1] if flower_code else str(node.proc.returncode)
                 raise FedAIError(
-                    f"client {cid}: the SuperNode exited with code {node.proc.returncode}"
+                    f"client {cid}: the SuperNode stopped (exit code {code})"
                     + (f": {refusal}" if refusal else "")
                     + (f" ({detail})" if detail else "")
                     + f"; log {node.log_path}"

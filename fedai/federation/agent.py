@@ -82,6 +82,22 @@ class TaskReport:
     details: str = ""
 
 
+def torch_threads(node_config: dict[str, Any]) -> int:
+    """The node config's ``torch-threads`` (default 1).
+
+    Raises:
+        ValueError: it is not a positive integer.
+    """
+    raw = node_config.get(TORCH_THREADS_KEY, 1)
+    try:
+        threads = int(str(raw))
+    except ValueError:
+        threads = 0
+    if threads < 1 or str(threads) != str(raw).strip():
+        raise ValueError(f"node_config {TORCH_THREADS_KEY} must be an integer >= 1; got {raw!r}")
+    return threads
+
+
 def set_torch_threads(node_config: dict[str, Any]) -> int:
     """Cap torch's intra-op threads at the node config's ``torch-threads`` (default 1).
 
@@ -92,13 +108,7 @@ def set_torch_threads(node_config: dict[str, Any]) -> int:
     Raises:
         ValueError: ``torch-threads`` is not a positive integer.
     """
-    raw = node_config.get(TORCH_THREADS_KEY, 1)
-    try:
-        threads = int(str(raw))
-    except ValueError:
-        threads = 0
-    if threads < 1 or str(threads) != str(raw).strip():
-        raise ValueError(f"node_config {TORCH_THREADS_KEY} must be an integer >= 1; got {raw!r}")
+    threads = torch_threads(node_config)
     import torch
 
     torch.set_num_threads(threads)
@@ -236,7 +246,8 @@ class ClientAppWorker:
                 app_seconds = time.perf_counter() - t_app
                 status, details = SubStatus.COMPLETED, ""
         except Exception as err:  # the agent survives any task; Flower does the same
-            reason = f"{type(err).__name__}: {err}"
+            # Only the error's type leaves the node: its message may quote local data.
+            reason = f"ClientApp raised {type(err).__name__} (details in the node's log)"
             logger.exception("ClientApp task %s raised", task_id)
             details = reason
             if message is not None:
@@ -447,6 +458,7 @@ __all__ = [
     "load_client_app",
     "run_supernode",
     "set_torch_threads",
+    "torch_threads",
     "tune_supernode_polling",
 ]
 

@@ -169,3 +169,24 @@ def test_server_names_an_unknown_experiment_key(tmp_path, capsys):
     code = main(["server", "--insecure", "--set", "train.learning_rate=0.1"])
     assert code == EXIT_USAGE
     assert "train.learning_rate" in capsys.readouterr().err
+
+
+def test_server_outcome_says_why_flower_marked_the_run_failed(tmp_path, capsys):
+    from fedai.commands.deploy import _server_outcome
+
+    _path, cfg = _results(tmp_path, ["failed", "failed"])
+    code = _server_outcome(7, "finished:failed", tmp_path, cfg, since=0.0)
+    assert code == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "finished:failed" in err
+    assert "no round was accepted" in err
+
+
+def test_server_outcome_ignores_an_older_results_file(tmp_path, capsys):
+    from fedai.commands.deploy import _server_outcome
+
+    path, cfg = _results(tmp_path, ["ok", "ok"])
+    code = _server_outcome(7, "finished:completed", tmp_path, cfg, since=path.stat().st_mtime + 60)
+    assert code == EXIT_FAILED
+    assert "wrote no" in capsys.readouterr().err
+    assert _server_outcome(7, "finished:completed", tmp_path, cfg, since=0.0) == EXIT_OK
