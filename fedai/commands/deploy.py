@@ -99,7 +99,12 @@ def register(sub: Any) -> None:
         formatter_class=fmt,
     )
     add_config_arguments(p, config_help="experiment TOML (see experiments/)")
-    p.add_argument("--address", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
+    p.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"where the SuperLink listens (default {DEFAULT_ADDRESS})",
+    )
     _add_tls_options(p, certs_help="directory made by fedai certs (ca.crt, server.pem, ...)")
     p.add_argument(
         "--state",
