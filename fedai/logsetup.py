@@ -149,7 +149,8 @@ def configure_app_logging(level: int = logging.INFO) -> None:
     instead of being printed twice.
     """
     root = logging.getLogger()
-    handler = None if root.handlers else _StderrHandler()
+    printing = [h for h in root.handlers if not isinstance(h, logging.NullHandler)]
+    handler = None if printing else _StderrHandler()
     _block_basic_config(root)
     for name in FEDAI_LOGGERS:
         logger = logging.getLogger(name)
