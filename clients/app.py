@@ -38,7 +38,7 @@ from fedai.errors import (
     RoundAlreadyChargedError,
 )
 from fedai.federation import keys
-from fedai.federation.records import as_float, payload_to_record, record_to_payload
+from fedai.federation.records import as_float, as_int, payload_to_record, record_to_payload
 from fedai.models import ModelSpec, build_model, get_weights, set_weights
 from fedai.policy import NodePolicy
 from fedai.schemes import client_codec
@@ -325,14 +325,15 @@ def train(msg: Message, context: Context) -> Message:
     cid = client_id_of(context)
     config = msg.content.config_records[keys.REC_CONFIG]
     policy = policy_of(context)
-    num_sampled = int(config.get(keys.KEY_NUM_SAMPLED, 1))  # type: ignore[arg-type]
+    # Untrusted numbers from the coordinator: checked before anything trains.
+    round_ = as_int(config.get(keys.KEY_SERVER_ROUND), what="server round", lo=1, hi=10**9)
+    num_sampled = as_int(config.get(keys.KEY_NUM_SAMPLED, 1), what="num-sampled", lo=1, hi=10**9)
     refused = policy.violations(cfg, num_sampled=num_sampled)
     if refused:
         logger.warning("client %s refuses the round: %s", cid, "; ".join(refused))
         return status_reply(msg, keys.STATUS_REFUSED, "; ".join(refused), cid)
     data = data_of(context, cfg)
     codec = codec_of(context, cfg)
-    round_ = int(config[keys.KEY_SERVER_ROUND])  # type: ignore[arg-type]
     spec = spec_of(msg, cfg, data)
     try:
         model = global_model(msg, cfg, spec, codec, node_id=context.node_id)

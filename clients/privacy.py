@@ -121,7 +121,9 @@ class LedgerStore:
         """Return the client's ledger (continued, never reset) under the current settings.
 
         ``budget_epsilon`` is the budget to apply (the node policy's narrowing of the
-        coordinator's ``privacy.budget_epsilon``). With ``run``, the rounds of that run the
+        coordinator's ``privacy.budget_epsilon``). On a node with its own data the
+        ledger's delta is the coordinator's ``privacy.delta`` only if it is narrower than
+        the node's default ``min(1e-5, 1 / (10 n))``. With ``run``, the rounds of that run the
         coordinator lost (see :meth:`PrivacyLedger.mark_lost`) are marked and saved.
         """
         ledger = self._open(cfg, num_samples=num_samples, budget_epsilon=budget_epsilon)
@@ -140,6 +142,20 @@ class LedgerStore:
     ) -> PrivacyLedger:
         p = cfg.privacy
         delta = resolve_delta(p.delta, num_samples=num_samples)
+        if keys.NODE_DATA_PATH in self.context.node_config:
+            # A real node's epsilon is stated at its own delta, which the coordinator may
+            # narrow, never widen: at the coordinator's delta = 0.9 a spent history reads as
+            # epsilon < 0 and no budget cap would ever refuse.
+            node_delta = resolve_delta(None, num_samples=num_samples)
+            if delta > node_delta:
+                logger.warning(
+                    "client %s: privacy.delta %g is above this node's %g; accounting at %g",
+                    self.client_id,
+                    delta,
+                    node_delta,
+                    node_delta,
+                )
+                delta = node_delta
         if self.path is not None:
             return PrivacyLedger.open(
                 self.path,

@@ -71,6 +71,9 @@ RUNTIME_SETTINGS = (
     ("monitoring", "log_format"),
 )
 _MAX_META_BYTES = 64 << 20
+#: Longest run id or scheme name (clients refuse run ids above 64 characters,
+#: :data:`fedai.privacy.ledger.MAX_ID_CHARS`; both are printed to the user's terminal).
+_MAX_LABEL_CHARS = 64
 _ENVELOPE_MAGIC = b"FEDAIENC"  # fedai.crypto.envelope.MAGIC (not imported: no TenSEAL here)
 _FINGERPRINT_AT = struct.calcsize(">8sHBB")  # magic, version, scheme, kind, then 32 bytes
 
@@ -173,10 +176,16 @@ def read_container(
             format or version, or arrays that do not match the recorded digest.
     """
     try:
+        if path.exists() and not path.is_file():  # a device or FIFO would be read forever
+            raise CheckpointError(f"{path} must be a regular file; it is not")
         raw = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"{path} cannot be read: {err.strerror or err}") from err
+    if raw.startswith(np.lib.format.MAGIC_PREFIX):  # read before its header is checked
+        raise CheckpointError(f"{path} must be a {fmt} file (.npz); got a bare array")
     try:
+        if raw.startswith(b"PK"):
+            _check_members(path, raw)
         loaded = np.load(io.BytesIO(raw), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise CheckpointError(f"{path} must be a {fmt} file (.npz); got a bare array")
@@ -212,6 +221,51 @@ def read_container(
     if digest != _digest(arrays):
         raise CheckpointError(f"{path}: arrays must match the recorded SHA-256; they do not")
     return meta, arrays
+
+
+def _check_members(path: Path, raw: bytes) -> None:
+    """Refuse members numpy would inflate or allocate beyond what the file holds.
+
+    fedai writes stored (uncompressed) members, so each member's bytes are in ``raw``; a
+    deflated member could be a zip bomb, and an array header declaring more values than
+    its member holds would make ``np.load`` allocate them all before reading (a
+    ``MemoryError``, or the OOM killer, instead of a typed error).
+
+    Raises:
+        CheckpointError: naming ``path`` and the member.
+        ValueError / zipfile.BadZipFile: not a zip of ``.npy`` members (the caller names
+            the file).
+    """
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        for info in archive.infolist():
+            name = _short(info.filename)
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                raise CheckpointError(
+                    f"{path}: member {name} must be stored uncompressed, as fedai writes "
+                    f"it; got compression method {info.compress_type}"
+                )
+            if info.file_size > len(raw):
+                raise CheckpointError(
+                    f"{path}: member {name} must fit in the file ({len(raw)} bytes); it "
+                    f"declares {info.file_size}"
+                )
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise CheckpointError(
+                        f"{path}: member {name} must be a .npy array of format 1.0 or 2.0; "
+                        f"got {version}"
+                    )
+            need = math.prod(shape) * dtype.itemsize
+            if need > info.file_size:
+                raise CheckpointError(
+                    f"{path}: member {name} declares shape {_short(shape)} of {dtype} "
+                    f"({need} bytes) but holds {info.file_size} bytes"
+                )
 
 
 def _payload_arrays(prefix: str, payload: Sequence[np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -263,6 +317,21 @@ class _Fields:
     def done(self) -> None:
         if self.problems:
             raise CheckpointError(f"{self.path}: " + "; ".join(self.problems))
+
+
+def _label(fields: _Fields, key: str, allowed: Sequence[str] = ()) -> str:
+    """A run id or scheme name: short and printable (it is printed), one of ``allowed``."""
+    value = fields.get(key, str)
+    if not isinstance(value, str):
+        return ""
+    if not (0 < len(value) <= _MAX_LABEL_CHARS and value.isprintable()):
+        fields.problems.append(
+            f"{key} must be a printable string of 1..{_MAX_LABEL_CHARS} characters; "
+            f"got {_short(value)}"
+        )
+    elif allowed and value not in allowed:
+        fields.problems.append(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
 
 
 def _short(value: object) -> str:
@@ -401,7 +470,7 @@ class Checkpoint:
         p = Path(path)
         meta, arrays = read_container(p, fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
         f = _Fields(p, meta)
-        run_id = f.get("run_id", str)
+        run_id = _label(f, "run_id")
         rnd = f.get("round", int)
         if isinstance(rnd, int) and rnd < 0:
             f.problems.append(f"round must be >= 0; got {rnd}")
@@ -533,8 +602,11 @@ class FinalAggregate:
         if p.is_dir():
             p = cls.path_in(p)
         meta, arrays = read_container(p, fmt=AGGREGATE_FORMAT, version=AGGREGATE_VERSION)
+        from fedai.schemes import scheme_names
+
         f = _Fields(p, meta)
-        run_id, rnd, scheme = f.get("run_id", str), f.get("round", int), f.get("scheme", str)
+        run_id, rnd = _label(f, "run_id"), f.get("round", int)
+        scheme = _label(f, "scheme", scheme_names())
         section, spec = f.get("secure_aggregation", dict), f.get("spec", dict)
         shapes = _shapes_of(f, "shapes")
         weight = f.get("total_weight", float)
@@ -581,11 +653,14 @@ class FinalAggregate:
         from fedai.schemes import client_codec
 
         settings = {**self.secure_aggregation, "scheme": self.scheme, "key_dir": key_dir or ""}
+        # A runtime setting: how many processes the key holder runs is the holder's choice,
+        # not the file's (the default, one per core).
+        settings.pop("workers", None)
         try:
             section = SecureAggregationSection(**settings)
+            problems = section.problems()
         except TypeError as err:
             raise ConfigError(f"stored secure_aggregation settings are invalid: {err}") from err
-        problems = section.problems()
         if problems:
             raise ConfigError(problems)
         codec = client_codec(section, key_dir=key_dir)
@@ -623,20 +698,40 @@ def write_model(
         KeyFileError / KeyMismatchError / CorruptPayloadError: as :meth:`FinalAggregate.decode`.
         ModelError: the stored spec is invalid.
     """
-    from fedai.models import ModelSpec, build_model, save_model, set_weights
+    import torch
 
+    from fedai.models import MODEL_FILE, SPEC_FILE, ModelSpec, build_model, save_model, set_weights
+
+    out = Path(out_dir) if out_dir else Path(run_dir)
+    for name in (MODEL_FILE, SPEC_FILE):
+        # The run dir may come from the coordinator: a planted link would have the key
+        # holder's model written over a file of the link's choosing.
+        if (out / name).is_symlink():
+            raise CheckpointError(
+                f"{out / name} must not be a symbolic link (the model would be written "
+                "through it); remove it or write elsewhere with --out"
+            )
     if aggregate is None:
         aggregate = FinalAggregate.load(run_dir)
+    where = FinalAggregate.path_in(run_dir)
     spec = ModelSpec.from_dict(aggregate.spec)
-    model = build_model(spec)
-    shapes = [tuple(v.shape) for v in model.state_dict().values()]
+    try:
+        # Shapes only (the meta device allocates nothing): the real model is built after
+        # decoding, so its size is backed by the payload, not by the file's word.
+        with torch.device("meta"):
+            shapes = [tuple(v.shape) for v in build_model(spec).state_dict().values()]
+    except (RuntimeError, ValueError, OverflowError) as err:
+        raise CheckpointError(
+            f"{where}: spec must describe a model that can be built; got {spec} ({err})"
+        ) from err
     if shapes != aggregate.shapes:
         raise CheckpointError(
-            f"{FinalAggregate.path_in(run_dir)}: shapes must be the spec's {shapes}; "
-            f"got {aggregate.shapes}"
+            f"{where}: shapes must be the spec's {_short(shapes)}; got {_short(aggregate.shapes)}"
         )
-    set_weights(model, aggregate.decode(key_dir=key_dir))
-    return save_model(Path(out_dir) if out_dir else Path(run_dir), model, spec)
+    weights = aggregate.decode(key_dir=key_dir)
+    model = build_model(spec)
+    set_weights(model, weights)
+    return save_model(out, model, spec)
 
 
 __all__ = [

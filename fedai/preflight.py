@@ -43,10 +43,19 @@ logger = logging.getLogger(__name__)
 
 #: What marks a directory as a run's results directory.
 RESULTS_FILE = "results.json"
-#: What a run writes into its directory (globs); ``--overwrite`` removes these first, so
-#: no plot or table of the earlier run survives beside the new results. (Its checkpoint
+#: What a run writes into its directory, by name; ``--overwrite`` removes these first, so
+#: no plot or table of the earlier run survives beside the new results. Names, not globs:
+#: ``--out .`` must never delete the user's own ``.csv``/``.npz`` data. (Its checkpoint
 #: and client state are :func:`server.checkpointing.start_or_resume`'s to remove.)
-RUN_FILES = (RESULTS_FILE, "*.csv", "*.png", "model.pt", "model.json", "*.npz")
+RUN_FILES = (
+    RESULTS_FILE,
+    "rounds.csv",
+    "accuracy.png",
+    "accuracy_vs_epsilon.png",
+    "model.pt",
+    "model.json",
+    "final-aggregate.npz",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,11 +382,11 @@ def prepare_output_dir(path: Path, *, overwrite: bool = False, option: str = "--
         ) from err
     if not overwrite:
         return
-    for pattern in RUN_FILES:
-        for stale in path.glob(pattern):
-            if stale.is_file() or stale.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
+    for name in RUN_FILES:
+        stale = path / name
+        if stale.is_file() or stale.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def check_output_file(path: Path, *, option: str = "--out") -> None:

@@ -490,18 +490,71 @@ class FederatedRun:
         return out
 
 
+_MAX_REPORT_CHARS = 4 << 20  # a history of ~100k rounds
+_MAX_HISTORY = 1_000_000
+
+
 def _parse_report(client_id: str, text: str) -> dict[str, Any]:
-    """Parse a client's privacy report; a malformed one is a ProtocolError."""
+    """Parse a client's privacy report (untrusted); a malformed one is a ProtocolError.
+
+    Only the known keys are kept, each checked for type and range: a report with NaN,
+    Infinity or an out-of-range number must cost that client its reply, not stop the run
+    when the checkpoint or results.json is written (strict JSON refuses them there).
+    """
+
+    def bad(what: str) -> ProtocolError:
+        return ProtocolError(f"client {client_id}: privacy report {what}")
+
+    def number(value: object, what: str, *, hi: float = 1e12) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad(f"{what} must be a number; got {type(value).__name__}")
+        out = float(value)
+        if not (math.isfinite(out) and 0 <= out <= hi):
+            raise bad(f"{what} must be in [0, {hi:g}]; got {out!r}")
+        return out
+
+    def _no_constants(token: str) -> float:
+        raise ValueError(f"{token} is not a number")
+
+    if len(text) > _MAX_REPORT_CHARS:
+        raise bad(f"must be at most {_MAX_REPORT_CHARS} characters; got {len(text)}")
     try:
-        report = json.loads(text)
-        eps = float(report["epsilon"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as err:
-        raise ProtocolError(
-            f"client {client_id}: privacy report must be JSON with an epsilon; got {text[:80]!r}"
-        ) from err
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ProtocolError(f"client {client_id}: privacy report epsilon must be >= 0; got {eps}")
-    return dict(report)
+        report = json.loads(text, parse_constant=_no_constants)
+    except (json.JSONDecodeError, ValueError, RecursionError) as err:
+        raise bad(f"must be JSON with finite numbers; got {text[:80]!r}") from err
+    if not isinstance(report, dict) or "epsilon" not in report:
+        raise bad(f"must be a JSON object with an epsilon; got {text[:80]!r}")
+    out: dict[str, Any] = {"epsilon": number(report["epsilon"], "epsilon")}
+    for key in ("delta", "noise_multiplier", "budget_epsilon"):
+        value = report.get(key)
+        hi = 1.0 if key == "delta" else 1e12
+        out[key] = None if value is None else number(value, key, hi=hi)
+    for key in ("rounds_trained", "rounds_lost"):
+        value = report.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_HISTORY:
+            raise bad(f"{key} must be an integer in [0, {_MAX_HISTORY}]; got {value!r:.40}")
+        out[key] = value
+    accountant = report.get("accountant", "")
+    if not isinstance(accountant, str) or len(accountant) > 16:
+        raise bad("accountant must be a short string")
+    out["accountant"] = accountant
+    exhausted = report.get("exhausted", False)
+    if not isinstance(exhausted, bool):
+        raise bad("exhausted must be true or false")
+    out["exhausted"] = exhausted
+    history = report.get("history", [])
+    if not isinstance(history, list) or len(history) > _MAX_HISTORY:
+        raise bad(f"history must be a list of at most {_MAX_HISTORY} events")
+    events = []
+    for event in history:
+        if not isinstance(event, list) or len(event) != 3:
+            raise bad("history events must be [noise_multiplier, sample_rate, steps]")
+        sigma, rate, steps = event
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 1 << 40:
+            raise bad(f"history steps must be a non-negative integer; got {steps!r:.40}")
+        events.append([number(sigma, "history sigma"), number(rate, "history rate", hi=1.0), steps])
+    out["history"] = events
+    return out
 
 
 __all__ = ["ClientInfo", "FederatedRun", "RunOutcome"]

@@ -587,10 +587,12 @@ class PrivacyLedger:
         delta is stated correctly); a different ``client_id`` is an error.
 
         Raises:
-            LedgerError: the file exists but is corrupt, or belongs to another client.
+            LedgerError: the file exists but is corrupt, or belongs to another client; or
+                the path is a link that cannot be followed (dangling, a loop): never read
+                as "no ledger yet", which would restart epsilon at 0.
         """
         p = Path(path)
-        if not p.exists():
+        if not _present(p):
             return cls(
                 client_id=client_id,
                 delta=delta,
@@ -625,6 +627,22 @@ class PrivacyLedger:
             ledger.epsilon(),
         )
         return ledger
+
+
+def _present(path: Path) -> bool:
+    """Whether ``path`` is there at all; a link that cannot be followed counts as there.
+
+    ``Path.exists()`` follows links and is False for a dangling one or a loop: a ledger
+    reached through a link to storage that is not mounted would read as a new, empty
+    ledger. Such a path is "present" here, and :meth:`PrivacyLedger.load` then fails.
+    """
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise LedgerError(f"ledger file {str(path)!r} cannot be read: {err}") from err
+    return True
 
 
 def _check_id(value: object, *, name: str, allow_empty: bool) -> str:
