@@ -78,3 +78,7 @@ def test_flwr_run_completes_with_local_simulation_superlink(tmp_path):
     assert len(results["rounds"]) == 2
     assert results["final"]["accuracy"] is not None
     assert (out_dir / "model.pt").exists()
+    # fedai's own round lines reach the stream; httpx's per-request INFO lines do not
+    streamed = proc.stdout + proc.stderr
+    assert "round   2/2" in streamed, streamed[-3000:]
+    assert "HTTP Request" not in streamed, streamed[-3000:]
