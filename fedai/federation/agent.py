@@ -410,12 +410,33 @@ def tune_supernode_polling(poll_interval: float) -> bool:
             "pull_objects as flwr 1.41 did; run with --poll-interval 3"
         )
     sci.time = _CappedClock(poll_interval)  # type: ignore[attr-defined]
-    sci.pull_objects = functools.partial(  # type: ignore[attr-defined]
+    sci.pull_objects = _PullObjectsOrFail(  # type: ignore[attr-defined]
         inflatable_utils.pull_objects,
         initial_backoff=PULL_INITIAL_BACKOFF,
         backoff_cap=PULL_BACKOFF_CAP,
     )
     return True
+
+
+class _PullObjectsOrFail(functools.partial[dict[str, bytes]]):
+    """Flower's ``pull_objects`` (a partial); a run that stopped running is a failure.
+
+    When the SuperLink restarts (a coordinator killed while it sent a round), pulling the
+    old run's message objects raises Flower's ``RunNotRunningException``; flwr 1.41 then
+    drops the message but leaves its task open, and this agent, which acquired the task
+    already, waits minutes for objects that never come while the new run's messages
+    queue behind it. Raised as an ``Exception`` instead, the SuperNode takes its own
+    failure path: the message is deleted and the task finished as failed, so the agent's
+    pull fails at once and it takes the next task.
+    """
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> dict[str, bytes]:
+        from flwr.supercore.run import RunNotRunningException
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except RunNotRunningException as err:
+            raise RuntimeError("the run is no longer running on the SuperLink") from err
 
 
 def run_supernode(argv: list[str], *, poll_interval: float, parent_pid: int | None) -> None:

@@ -18,97 +18,16 @@ a busy 2-core machine (mostly process start-up: each agent imports torch once).
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from real_nodes_kit import BIN, SITES, Processes, fedai, free_port, write_sites
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 RUN_SECONDS = 600  # an upper bound for one `fedai server` run, not a performance check
-SITES = ("site-1", "site-2", "site-3")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_sites(tmp_path: Path) -> dict[str, Path]:
-    """A third of the digits per site, shuffled with a fixed seed, as CSV with a label."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    paths = {}
-    header = ",".join([f"px{j}" for j in range(x.shape[1])] + ["label"])
-    for site, part in zip(SITES, np.array_split(order, len(SITES)), strict=True):
-        rows = np.column_stack([x[part], y[part]]).astype(int)
-        path = tmp_path / f"{site}.csv"
-        np.savetxt(path, rows, fmt="%d", delimiter=",", header=header, comments="")
-        paths[site] = path
-    return paths
-
-
-class Processes:
-    """Processes started by the test; each stopped by its PID."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path = tmp_path
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        out = (self.tmp_path / f"{name}.out").open("wb")
-        err = (self.tmp_path / f"{name}.err").open("wb")
-        proc = subprocess.Popen(
-            [str(BIN / "fedai"), *args],
-            cwd=self.tmp_path,
-            env=self.env,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-        out.close()
-        err.close()
-        self.procs.append(proc)
-        return proc
-
-    def text(self, name: str) -> str:
-        return (self.tmp_path / f"{name}.out").read_text() + (
-            self.tmp_path / f"{name}.err"
-        ).read_text()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-
-def fedai(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "fedai"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def experiment(path: Path, *, rounds: int, dp: bool) -> Path:
