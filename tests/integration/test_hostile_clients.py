@@ -175,7 +175,7 @@ def test_a_malformed_privacy_report_costs_only_that_client() -> None:
 
     outcome = run(config(), hostile(train=hook))
 
-    assert_only_bad_left_out(outcome, "epsilon must be >= 0")
+    assert_only_bad_left_out(outcome, "privacy report epsilon must be in [0,")
 
 
 # ---------------------------------------------------------------- authenticated payloads
