@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedai.aggregation import BOUND_HINT, blame, exact_average, quantize
+from fedai.aggregation import blame, exact_average, quantize
 from fedai.crypto.ckks_keys import (
     ClientBundle,
     CoordinatorBundle,
@@ -66,7 +66,7 @@ from fedai.crypto.envelope import (
     Scheme,
     reference_layout,
 )
-from fedai.crypto.packing import chunk_bounds, flatten, unflatten
+from fedai.crypto.packing import chunk_bounds, flatten_bounded, unflatten
 from fedai.errors import (
     ConfigError,
     ContributionError,
@@ -208,20 +208,7 @@ class CkksCodec:
                 f"(CKKS headroom at update_bound {self.update_bound:g}); got "
                 f"{weight:g}"
             )
-        try:
-            flat, specs = flatten(weights)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        if flat.size == 0:
-            raise ConfigError("weights must hold at least one value; got none")
-        if not np.all(np.isfinite(flat)):
-            raise ConfigError("weights must be finite to encode; got NaN or inf")
-        worst = float(np.max(np.abs(flat)))
-        if worst > self.update_bound:
-            raise ConfigError(
-                f"every |weight value| must be <= secure_aggregation."
-                f"update_bound {self.update_bound:g}; got {worst:g}; {BOUND_HINT}"
-            )
+        flat, specs = flatten_bounded(weights, self.update_bound)
         # On the grid, so that the sum of integer-weighted contributions is exact.
         scaled = quantize(flat, self.round_decimals) * weight
         start = time.perf_counter()

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedai.aggregation import BOUND_HINT
+from fedai.errors import ConfigError
+
 #: Float dtypes a payload may record, by item size in bytes.
 FLOAT_DTYPES: dict[int, np.dtype[np.floating]] = {
     2: np.dtype(np.float16),
@@ -64,6 +67,32 @@ def flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[ArraySpec]]:
     return flat, specs
 
 
+def flatten_bounded(
+    arrays: Sequence[np.ndarray], update_bound: float
+) -> tuple[np.ndarray, list[ArraySpec]]:
+    """:func:`flatten` a client's weights for encoding, checked against the bound.
+
+    Raises:
+        ConfigError: A non-float array, no values, a value that is not finite, or one whose
+            magnitude exceeds ``update_bound`` (``secure_aggregation.update_bound``).
+    """
+    try:
+        flat, specs = flatten(arrays)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if flat.size == 0:
+        raise ConfigError("weights must hold at least one value; got none")
+    if not np.all(np.isfinite(flat)):
+        raise ConfigError("weights must be finite to encode; got NaN or inf")
+    worst = float(np.max(np.abs(flat)))
+    if worst > update_bound:
+        raise ConfigError(
+            f"every |weight value| must be <= secure_aggregation.update_bound "
+            f"{update_bound:g}; got {worst:g}; {BOUND_HINT}"
+        )
+    return flat, specs
+
+
 def unflatten(flat: np.ndarray, specs: Sequence[ArraySpec]) -> list[np.ndarray]:
     """Split a flat vector back into arrays of the recorded shapes and dtypes.
 
@@ -103,4 +132,4 @@ def chunk_bounds(n_values: int, slots: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + slots, n_values)) for lo in range(0, n_values, slots)]
 
 
-__all__ = ["FLOAT_DTYPES", "ArraySpec", "chunk_bounds", "flatten", "unflatten"]
+__all__ = ["FLOAT_DTYPES", "ArraySpec", "chunk_bounds", "flatten", "flatten_bounded", "unflatten"]

@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gmpy2 import mpz
 
-from fedai.aggregation import BOUND_HINT, blame
+from fedai.aggregation import blame
 from fedai.crypto.envelope import (
     MAX_SUMMANDS,
     Envelope,
@@ -88,7 +88,7 @@ from fedai.crypto.envelope import (
     Scheme,
     reference_layout,
 )
-from fedai.crypto.packing import ArraySpec, chunk_bounds, flatten, unflatten
+from fedai.crypto.packing import ArraySpec, chunk_bounds, flatten_bounded, unflatten
 from fedai.crypto.paillier_keys import (
     PaillierClientBundle,
     PaillierCoordinatorBundle,
@@ -386,20 +386,7 @@ class PaillierCodec:
             ConfigError: A value is not finite or exceeds ``update_bound``, or there are no
                 values.
         """
-        try:
-            flat, specs = flatten(weights)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        if flat.size == 0:
-            raise ConfigError("weights must hold at least one value; got none")
-        if not np.all(np.isfinite(flat)):
-            raise ConfigError("weights must be finite to encode; got NaN or inf")
-        worst = float(np.max(np.abs(flat)))
-        if worst > self.update_bound:
-            raise ConfigError(
-                f"every |weight value| must be <= secure_aggregation.update_bound "
-                f"{self.update_bound:g}; got {worst:g}; {BOUND_HINT}"
-            )
+        flat, specs = flatten_bounded(weights, self.update_bound)
         q = quantize_stochastic(
             flat, bound=self.update_bound, levels=self.layout.levels, rng=self._rng
         )
