@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from fedai.aggregation import Payload, SecureSum
 from fedai.config import ExperimentConfig
 from fedai.errors import ConfigError, ProtocolError
 from fedai.federation import keys
-from fedai.federation.records import as_float, payload_to_record, reply_payload
+from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
 from fedai.models import ModelSpec, build_model
 from fedai.results import RoundRecord, RunSummary, utc_now
 from fedai.schemes import weight_problems
@@ -501,17 +500,16 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
     Infinity or an out-of-range number must cost that client its reply, not stop the run
     when the checkpoint or results.json is written (strict JSON refuses them there).
     """
+    where = f"client {client_id}: privacy report"
 
     def bad(what: str) -> ProtocolError:
-        return ProtocolError(f"client {client_id}: privacy report {what}")
+        return ProtocolError(f"{where} {what}")
 
-    def number(value: object, what: str, *, hi: float = 1e12) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad(f"{what} must be a number; got {type(value).__name__}")
-        out = float(value)
-        if not (math.isfinite(out) and 0 <= out <= hi):
-            raise bad(f"{what} must be in [0, {hi:g}]; got {out!r}")
-        return out
+    def number(value: object, key: str, hi: float = 1e12) -> float:
+        return as_float(value, what=f"{where} {key}", lo=0, hi=hi)
+
+    def count(value: object, key: str, hi: int = _MAX_HISTORY) -> int:
+        return as_int(value, what=f"{where} {key}", lo=0, hi=hi)
 
     def _no_constants(token: str) -> float:
         raise ValueError(f"{token} is not a number")
@@ -525,15 +523,11 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
     if not isinstance(report, dict) or "epsilon" not in report:
         raise bad(f"must be a JSON object with an epsilon; got {text[:80]!r}")
     out: dict[str, Any] = {"epsilon": number(report["epsilon"], "epsilon")}
-    for key in ("delta", "noise_multiplier", "budget_epsilon"):
+    for key, hi in (("delta", 1), ("noise_multiplier", 1e12), ("budget_epsilon", 1e12)):
         value = report.get(key)
-        hi = 1.0 if key == "delta" else 1e12
-        out[key] = None if value is None else number(value, key, hi=hi)
+        out[key] = None if value is None else number(value, key, hi)
     for key in ("rounds_trained", "rounds_lost"):
-        value = report.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_HISTORY:
-            raise bad(f"{key} must be an integer in [0, {_MAX_HISTORY}]; got {value!r:.40}")
-        out[key] = value
+        out[key] = count(report.get(key, 0), key)
     accountant = report.get("accountant", "")
     if not isinstance(accountant, str) or len(accountant) > 16:
         raise bad("accountant must be a short string")
@@ -550,9 +544,13 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
         if not isinstance(event, list) or len(event) != 3:
             raise bad("history events must be [noise_multiplier, sample_rate, steps]")
         sigma, rate, steps = event
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 1 << 40:
-            raise bad(f"history steps must be a non-negative integer; got {steps!r:.40}")
-        events.append([number(sigma, "history sigma"), number(rate, "history rate", hi=1.0), steps])
+        events.append(
+            [
+                number(sigma, "history sigma"),
+                number(rate, "history rate", 1),
+                count(steps, "history steps", 1 << 40),
+            ]
+        )
     out["history"] = events
     return out
 
