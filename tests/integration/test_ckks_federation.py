@@ -95,7 +95,7 @@ def arrays_of(msg: Message) -> list[np.ndarray]:
         return []
     out: list[np.ndarray] = []
     for record in msg.content.array_records.values():
-        out.extend(record.to_numpy_ndarrays())
+        out.extend(record_to_payload(record))
     return out
 
 

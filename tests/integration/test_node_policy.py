@@ -20,6 +20,7 @@ from fedai.config import ExperimentConfig
 from fedai.crypto import create_keys
 from fedai.federation import keys
 from fedai.federation.inprocess import run_inprocess
+from fedai.federation.records import record_to_payload
 from fedai.privacy.ledger import PrivacyLedger
 from server.app import build_server_app
 from server.rounds import RunOutcome
@@ -44,7 +45,7 @@ class Tap:
             text += repr({k: dict(v) for k, v in msg.content.config_records.items()})
             text += repr({k: dict(v) for k, v in msg.content.metric_records.items()})
             for record in msg.content.array_records.values():
-                arrays.extend(record.to_numpy_ndarrays())
+                arrays.extend(record_to_payload(record))
         self.received.append((msg.metadata.message_type, text, arrays))
 
     def text(self) -> str:
