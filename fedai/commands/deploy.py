@@ -6,6 +6,11 @@
   and SuperNode authentication on, a state database), registers the node keys found in
   ``DIR/nodes/*/node.pub``, submits the experiment with ``flwr run``, streams fedai's log
   lines, stops the SuperLink by its PID and exits with the run's outcome.
+  With ``--superlink HOST:PORT`` it attaches to a SuperLink an organisation already runs
+  instead: it checks that one answers (and its certificate), registers no node keys
+  unless given ``--register``, submits and follows the run the same way, and never stops
+  that SuperLink (interrupted, it stops only its ``flwr run`` and says how to stop the
+  run).
 - ``fedai client --server HOST:PORT --certs DIR/nodes/NAME --data FILE --client-id ID
   --state DIR``: starts Flower's ``flower-supernode`` for one organisation (its node
   config: data file, client id, key and ledger directories) and runs the ClientApp in
@@ -92,25 +97,47 @@ def register(sub: Any) -> None:
         description="Start a Flower SuperLink (TLS and node authentication unless "
         "--insecure), register the node keys in --certs, run the experiment on the nodes "
         "that connect (fedai client), stream its progress and exit with its outcome. "
-        "Results (results.json, model, plots) go to --out.",
-        epilog="example:\n  fedai server --config experiments/quickstart.toml --certs certs "
-        "--out runs/site-run --set experiment.num_clients=3\n\n"
+        "Results (results.json, model, plots) go to --out.\n\n"
+        "With --superlink HOST:PORT, attach to a SuperLink that is already running "
+        "instead: nothing is started but the run (flwr run), and that SuperLink is never "
+        "stopped. Node keys are then NOT registered (the SuperLink's operator does that) "
+        "unless given with --register.",
+        epilog="examples:\n  fedai server --config experiments/quickstart.toml --certs certs "
+        "--out runs/site-run --set experiment.num_clients=3\n"
+        "  fedai server --config experiments/quickstart.toml --superlink link.example.org:9093 "
+        "--root-cert ca.crt --out /shared/runs/site-run\n\n"
         "The same command with the same --out after a crash resumes the run.",
         formatter_class=fmt,
     )
     add_config_arguments(p, config_help="experiment TOML (see experiments/)")
     p.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
+        "--superlink",
         metavar="HOST:PORT",
-        help=f"where the SuperLink listens (default {DEFAULT_ADDRESS})",
+        help="attach to this running SuperLink (its address: flower-superlink's "
+        "--host/--port, Flower's `address`) instead of starting one; excludes --address "
+        "and --state",
     )
-    _add_tls_options(p, certs_help="directory made by fedai certs (ca.crt, server.pem, ...)")
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help=f"where the SuperLink fedai server starts listens (default {DEFAULT_ADDRESS})",
+    )
+    _add_tls_options(
+        p,
+        certs_help="directory made by fedai certs (ca.crt, server.pem, ...; with "
+        "--superlink only ca.crt is used)",
+    )
+    p.add_argument(
+        "--root-cert",
+        metavar="FILE",
+        help="with --superlink: the CA certificate that verifies the SuperLink's "
+        "certificate (default: ca.crt in --certs)",
+    )
     p.add_argument(
         "--state",
-        default=DEFAULT_SERVER_STATE,
         metavar="DIR",
-        help=f"SuperLink database, FLWR_HOME and logs (default ./{DEFAULT_SERVER_STATE})",
+        help="the started SuperLink's database, FLWR_HOME and logs "
+        f"(default ./{DEFAULT_SERVER_STATE})",
     )
     p.add_argument("--out", metavar="DIR", help="results directory (default runs/<time>-<name>)")
     p.add_argument("--key-dir", metavar="DIR", help="the coordinator's key directory (HE)")
@@ -119,7 +146,8 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="PUBKEY",
-        help="also register this node public key (OpenSSH format); repeatable",
+        help="also register this node public key (OpenSSH format); repeatable. With "
+        "--superlink the only keys registered",
     )
     p.add_argument("--app", metavar="DIR", help="the Flower App directory (default: fedai's)")
     p.set_defaults(func=run_server)
@@ -229,45 +257,33 @@ def run_certs(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- server
 def run_server(args: argparse.Namespace) -> int:
     """Execute ``fedai server``."""
+    if args.superlink:
+        from fedai.commands.attach import run_attached
+
+        return run_attached(args)
     from fedai.commands.certs import CA_CERT, SERVER_CERT, SERVER_KEY, node_public_keys
-    from fedai.config import ExperimentConfig
     from fedai.federation import deploy
     from fedai.fileio import make_dir
     from fedai.results import default_run_dir
 
-    cfg = ExperimentConfig.load(args.config, args.overrides)
-    if args.key_dir:
-        section = dataclasses.replace(
-            cfg.secure_aggregation, key_dir=str(Path(args.key_dir).resolve())
+    if args.root_cert:
+        raise ConfigError(
+            "--root-cert applies only with --superlink; a SuperLink fedai server starts "
+            "is verified with ca.crt in --certs"
         )
-        cfg = cfg.replace(secure_aggregation=section)
-    if cfg.secure_aggregation.scheme != "none":
-        key_dir = Path(cfg.secure_aggregation.key_dir or ".")
-        if not cfg.secure_aggregation.key_dir or not key_dir.is_dir():
-            raise ConfigError(
-                f"secure_aggregation.scheme {cfg.secure_aggregation.scheme!r} needs the "
-                f"coordinator's key directory (--key-dir); got {str(key_dir)!r}"
-            )
-        cfg = cfg.replace(
-            secure_aggregation=dataclasses.replace(
-                cfg.secure_aggregation, key_dir=str(key_dir.resolve())
-            )
-        )
-    host, port = deploy.split_address(args.address, what="--address")
+    cfg = _server_config(args)
+    host, port = deploy.split_address(args.address or DEFAULT_ADDRESS, what="--address")
     app_dir = _app_dir(args.app)
     certs = _server_certs(args)
-    extra_keys = [Path(k) for k in args.register]
-    for key in extra_keys:
-        if not key.is_file():
-            raise ConfigError(f"--register {key}: no such public key file")
+    extra_keys = _register_keys(args)
     node_keys = {} if certs is None else node_public_keys(certs)
-    node_keys.update({k.stem if k.stem != "node" else k.parent.name: k for k in extra_keys})
+    node_keys.update(extra_keys)
     if certs is not None and not node_keys:
         raise ConfigError(
             f"no node public keys under {certs}/nodes/*/node.pub (or --register): with "
             "node authentication on, no node could join"
         )
-    state = Path(args.state).resolve()
+    state = Path(args.state or DEFAULT_SERVER_STATE).resolve()
     make_dir(state, mode=0o700)
     out = Path(args.out) if args.out else default_run_dir(cfg.experiment.name)
     out = out.resolve()
@@ -453,6 +469,48 @@ def _server_certs(args: argparse.Namespace) -> Path | None:
     return certs
 
 
+def _server_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The experiment of ``fedai server``, with the coordinator's key directory resolved.
+
+    Raises:
+        ConfigError: the config is invalid, or a secure scheme has no key directory.
+    """
+    from fedai.config import ExperimentConfig
+
+    cfg = ExperimentConfig.load(args.config, args.overrides)
+    if args.key_dir:
+        section = dataclasses.replace(
+            cfg.secure_aggregation, key_dir=str(Path(args.key_dir).resolve())
+        )
+        cfg = cfg.replace(secure_aggregation=section)
+    if cfg.secure_aggregation.scheme != "none":
+        key_dir = Path(cfg.secure_aggregation.key_dir or ".")
+        if not cfg.secure_aggregation.key_dir or not key_dir.is_dir():
+            raise ConfigError(
+                f"secure_aggregation.scheme {cfg.secure_aggregation.scheme!r} needs the "
+                f"coordinator's key directory (--key-dir); got {str(key_dir)!r}"
+            )
+        cfg = cfg.replace(
+            secure_aggregation=dataclasses.replace(
+                cfg.secure_aggregation, key_dir=str(key_dir.resolve())
+            )
+        )
+    return cfg
+
+
+def _register_keys(args: argparse.Namespace) -> dict[str, Path]:
+    """``--register`` public keys by node name (``nodes/NAME/node.pub`` -> NAME).
+
+    Raises:
+        ConfigError: a key file does not exist.
+    """
+    keys = [Path(k) for k in args.register]
+    for key in keys:
+        if not key.is_file():
+            raise ConfigError(f"--register {key}: no such public key file")
+    return {k.stem if k.stem != "node" else k.parent.name: k for k in keys}
+
+
 # ---------------------------------------------------------------------- client
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClientTls:
@@ -619,7 +677,8 @@ class _Agent:
         shown_round = task.group_id not in ("", "0")
         what = task.message_type + (f" round {task.group_id}" if shown_round else "")
         self.say(
-            f"{what}: {task.status} in {task.seconds:.2f} s (ClientApp {task.app_seconds:.2f} s)"
+            f"{what}: {task.status} in {task.seconds:.2f} s (pull {task.pull_seconds:.2f} s, "
+            f"ClientApp {task.app_seconds:.2f} s, push {task.push_seconds:.2f} s)"
             + (f": {task.details}" if task.details else "")
         )
 

@@ -77,6 +77,7 @@ class TaskReport:
     group_id: str
     seconds: float  # the whole task: pull, ClientApp, push
     pull_seconds: float  # task input and message from the SuperNode
+    push_seconds: float  # the reply and the task's status back to the SuperNode
     app_seconds: float  # the ClientApp call alone
     status: str  # "completed" | "failed"
     details: str = ""
@@ -220,7 +221,7 @@ class ClientAppWorker:
         from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
         t0 = time.perf_counter()
-        app_seconds = pull_seconds = 0.0
+        app_seconds = pull_seconds = push_seconds = 0.0
         client = self._client(token)
         heartbeat = HeartbeatSender(_task_heartbeat(client))
         message: Message | None = None
@@ -256,6 +257,7 @@ class ClientAppWorker:
                     reply_to=message,
                 )
         finally:
+            t_push = time.perf_counter()
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
@@ -263,6 +265,7 @@ class ClientAppWorker:
                 logger.exception("task %s: pushing the reply failed", task_id)
                 status, details = SubStatus.FAILED, "pushing the reply failed"
             push_task_output(client=client, context=context, sub_status=status, details=details)
+            push_seconds = time.perf_counter() - t_push
             if heartbeat.is_running:
                 heartbeat.stop()
             client.close()
@@ -273,6 +276,7 @@ class ClientAppWorker:
             group_id=message.metadata.group_id if message is not None else "",
             seconds=time.perf_counter() - t0,
             pull_seconds=pull_seconds,
+            push_seconds=push_seconds,
             app_seconds=app_seconds,
             status=str(status),
             details=details,

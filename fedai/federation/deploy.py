@@ -268,6 +268,40 @@ def check_tls(host: str, port: int, *, root_cert: Path, deadline: float) -> None
             time.sleep(1.0)
 
 
+def check_superlink(host: str, port: int, *, root_cert: Path | None, timeout: float) -> None:
+    """Check that a SuperLink someone else runs answers at ``host:port``.
+
+    With ``root_cert`` the answer must be TLS with a certificate that ``root_cert``
+    verifies for ``host`` (:func:`check_tls`); without, a TCP connection is enough.
+    Refused connections are retried for ``timeout`` seconds, no longer: a SuperLink one
+    attaches to is already running.
+
+    Raises:
+        ConfigError: nothing answered in time, the TLS handshake failed, or the
+            certificate does not verify.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(timeout, 0.1))):
+                break
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"no SuperLink answers at {host}:{port} ({err}); it must be running, "
+                    "and HOST:PORT must be its address (flower-superlink's --host/--port, "
+                    "`address` in Flower's config)"
+                ) from err
+        time.sleep(0.5)
+    if root_cert is not None:
+        try:
+            check_tls(host, port, root_cert=root_cert, deadline=time.monotonic() + timeout)
+        except ConfigError:
+            raise
+        except FedAIError as err:  # it stopped answering between the two connections
+            raise ConfigError(f"the SuperLink at {host}:{port} stopped answering: {err}") from err
+
+
 # ---------------------------------------------------------------------- flwr CLI
 def write_cli_config(
     home: Path, *, address: str, root_cert: Path | None, federation: str = FEDERATION
@@ -363,7 +397,7 @@ def keep_line(line: str, *, verbose: bool) -> bool:
 
 def submit_run(
     app_dir: Path,
-    run_config: Mapping[str, str],
+    run_config: Mapping[str, str] | Path,
     *,
     env: Mapping[str, str],
     on_line: Callable[[str], None],
@@ -372,12 +406,20 @@ def submit_run(
 ) -> tuple[int | None, int]:
     """``flwr run APP FEDERATION --stream --run-config ...``; stream its lines to ``on_line``.
 
-    ``alive`` (optional) is asked between lines; when it turns False (the SuperLink died)
-    the CLI is stopped. Returns (run id or None, the CLI's exit code).
+    ``run_config``: ``key=value`` pairs, or a ``.toml`` file the ``flwr`` CLI reads
+    itself (its values travel with the run to the SuperLink). ``alive`` (optional) is
+    asked between lines; when it turns False (the SuperLink died) the CLI is stopped.
+    Stopping the CLI (here, or by its PID) leaves the run itself on the SuperLink.
+    Returns (run id or None, the CLI's exit code).
     """
-    pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())
+    if isinstance(run_config, Path):
+        if run_config.suffix != ".toml":
+            raise ConfigError(f"a run-config file must end in .toml; got {run_config}")
+        given = str(run_config.resolve())
+    else:
+        given = " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())
     argv = [flower_bin("flwr"), "run", str(app_dir), federation, "--stream"]
-    argv += ["--run-config", pairs]
+    argv += ["--run-config", given]
     proc = subprocess.Popen(
         argv,
         env=dict(env),
@@ -439,6 +481,7 @@ def wait_for_status(
 __all__ = [
     "FEDERATION",
     "Child",
+    "check_superlink",
     "check_tls",
     "children",
     "flower_bin",
