@@ -12,9 +12,11 @@ multinomial logistic regression, FedAvg, one local epoch; evaluation runs on
 client once at the end. ``fedai.commands.simulate.simulate`` runs each backend; the
 modules both backends' drivers import (``clients.app``, ``server.app``: torch, Flower) are
 imported before either is timed, and the in-process backend runs first, so it pays every
-cold start of this process (torch's compiler stack on the first optimiser, the data
-generation) inside its time. Ray's time includes starting Ray and its workers, which
-import and generate everything again in their own processes.
+cold start of this process (the data generation; with Adam or DP-SGD also
+``torch._dynamo``, which ``torch.optim`` imports on its first optimiser, 1.1-1.7 s, while
+plain SGD runs ``fedai.training.PlainSgd`` without it) inside its time. Ray's time
+includes starting Ray and its workers, which import and generate everything again in
+their own processes.
 
 Per backend: wall seconds of ``simulate``, the coordinator's loop seconds (discovery to
 final evaluation: for Ray, without starting Ray), per-round seconds and the final

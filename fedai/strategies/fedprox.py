@@ -44,6 +44,17 @@ class FedProx(ServerOptimizer):
         return [x + d for x, d in zip(model, delta, strict=True)], slots
 
 
+def check_proximal_mu(mu: float) -> float:
+    """Return ``mu`` if it is a finite number >= 0.
+
+    Raises:
+        InvalidPrivacyParameterError: ``mu`` is negative, NaN or infinite.
+    """
+    if not (mu >= 0 and mu < float("inf")):
+        raise InvalidPrivacyParameterError(f"proximal mu must be a finite number >= 0; got {mu}")
+    return mu
+
+
 def add_proximal_term(optimizer: torch.optim.Optimizer, *, mu: float) -> torch.optim.Optimizer:
     """Make ``optimizer`` step along ``grad + mu (w - w0)``, ``w0`` its parameters *now*.
 
@@ -55,9 +66,7 @@ def add_proximal_term(optimizer: torch.optim.Optimizer, *, mu: float) -> torch.o
     """
     import torch
 
-    if not (mu >= 0 and mu < float("inf")):
-        raise InvalidPrivacyParameterError(f"proximal mu must be a finite number >= 0; got {mu}")
-    if mu == 0:
+    if check_proximal_mu(mu) == 0:
         return optimizer
     anchors = [(p, p.detach().clone()) for group in optimizer.param_groups for p in group["params"]]
 
@@ -71,4 +80,4 @@ def add_proximal_term(optimizer: torch.optim.Optimizer, *, mu: float) -> torch.o
     return optimizer
 
 
-__all__ = ["FedProx", "add_proximal_term"]
+__all__ = ["FedProx", "add_proximal_term", "check_proximal_mu"]
