@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,12 +25,20 @@ from torch import nn
 
 from clients.privacy import LedgerStore, RunRef, train_private, user_level_contribution
 from clients.privacy import report as privacy_report
-from fedai.aggregation import ClientCodec
+from fedai.aggregation import ClientCodec, PlainCodec
 from fedai.config import ExperimentConfig, SecureAggregationSection
-from fedai.data import ClientData, load_client, load_local_file
+from fedai.data import (
+    ClientData,
+    load_local_file,
+    raw_client,
+    scaling,
+    standardized_view,
+    standardizes,
+)
 from fedai.errors import (
     ConfigError,
     CorruptPayloadError,
+    DataError,
     KeyMismatchError,
     PolicyViolationError,
     PrivacyBudgetExceededError,
@@ -80,22 +88,133 @@ def client_id_of(context: Context) -> str:
 
 
 def data_of(context: Context, cfg: ExperimentConfig) -> ClientData:
-    """Load this node's data: its own file on a real node, its partition in simulation."""
+    """This node's data with its own statistics: its file on a real node, else its partition.
+
+    The handlers use :func:`data_for`, which also applies federated statistics.
+    """
+    raw, key = raw_data_of(context, cfg)
+    return standardized_view(raw, key=key) if standardizes_here(context, cfg) else raw
+
+
+@functools.lru_cache(maxsize=4)
+def _raw_local_file(path: str, client_id: str, config_json: str) -> ClientData:
+    cfg = ExperimentConfig.from_json(config_json)
+    return load_local_file(
+        path, client_id=client_id, data=cfg.data, seed=cfg.experiment.seed, standardize=False
+    )
+
+
+def raw_data_of(context: Context, cfg: ExperimentConfig) -> tuple[ClientData, tuple[Hashable, ...]]:
+    """This node's unstandardised split and the key naming it in the view cache."""
     node = context.node_config
     if keys.NODE_DATA_PATH in node:
-        return _local_file(str(node[keys.NODE_DATA_PATH]), client_id_of(context), cfg.to_json())
+        path, cid = str(node[keys.NODE_DATA_PATH]), client_id_of(context)
+        json_ = cfg.to_json()
+        return _raw_local_file(path, cid, json_), ("file", path, cid, json_)
     if keys.NODE_PARTITION_ID not in node:
         raise ProtocolError(
             f"node_config must set {keys.NODE_DATA_PATH!r} (a real node) or "
             f"{keys.NODE_PARTITION_ID!r} (simulation); got {sorted(node)}"
         )
-    return load_client(cfg, int(node[keys.NODE_PARTITION_ID]))
+    pid = int(node[keys.NODE_PARTITION_ID])
+    exp = cfg.experiment
+    return raw_client(cfg, pid), ("partition", cfg.data, exp.seed, exp.num_clients, pid)
 
 
-@functools.lru_cache(maxsize=4)
-def _local_file(path: str, client_id: str, config_json: str) -> ClientData:
-    cfg = ExperimentConfig.from_json(config_json)
-    return load_local_file(path, client_id=client_id, data=cfg.data, seed=cfg.experiment.seed)
+def standardizes_here(context: Context, cfg: ExperimentConfig) -> bool:
+    """Whether ``data.standardize`` applies to this node's data."""
+    return standardizes(cfg.data, own_file=keys.NODE_DATA_PATH in context.node_config)
+
+
+def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | None:
+    """None if this node shares and uses federated statistics; else the reason it does not.
+
+    Sharing and using go together: a node that keeps its moments to itself (its policy,
+    DP) standardises with its own statistics, whatever the coordinator sends.
+    """
+    if not standardizes_here(context, cfg):
+        return f"data.standardize {cfg.data.standardize!r} does not apply to this node's data"
+    if scaling.statistics_mode(cfg.data.statistics, privacy_mode=cfg.privacy.mode) != "federated":
+        return f"data.statistics {cfg.data.statistics!r} resolves to local statistics"
+    refusal = policy_of(context).statistics_refusal(cfg)
+    if refusal is not None:
+        return refusal
+    if cfg.secure_aggregation.scheme == "ckks" and cfg.secure_aggregation.flood_sigma > 0:
+        # Flooding noise of sigma * BOUND on the leading limb would swamp the statistics;
+        # without it the decryption would be shared unflooded: neither is acceptable.
+        return "secure_aggregation.flood_sigma > 0: CKKS-flooded statistics are unusable"
+    return None
+
+
+def statistics_codec(context: Context, cfg: ExperimentConfig) -> tuple[ClientCodec, float]:
+    """The run's codec for statistics limbs (bound 1, one process) and its grid step."""
+    section = cfg.secure_aggregation
+    stats = dataclasses.replace(
+        section,
+        update_bound=1.0,
+        workers=1 if section.scheme == "paillier" else section.workers,
+    )
+    step = scaling.grid_step(
+        section.scheme,
+        round_decimals=section.round_decimals,
+        quantization_bits=section.quantization_bits,
+    )
+    if section.scheme == "none":  # float64 out: a float32 average would cost 7 digits
+        return PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True), step
+    return codec_of(context, cfg, section=stats), step
+
+
+#: node id -> (statistics digest, the standardizer decoded from them).
+_statistics_cache: dict[int, tuple[str, scaling.Standardizer]] = {}
+
+
+def data_for(msg: Message, context: Context, cfg: ExperimentConfig) -> ClientData:
+    """This node's data, standardised with the statistics this message calls for.
+
+    Federated statistics (the aggregate every train/evaluate message carries) if the node
+    uses them (:func:`uses_federated_statistics`) and the message has them; else the
+    node's own training split's. Decoded once per node and aggregate (cached by digest).
+
+    Raises:
+        CorruptPayloadError / KeyMismatchError: the aggregate fails decoding or validation
+            (:func:`fedai.data.scaling.pooled`); the node refuses it.
+    """
+    raw, key = raw_data_of(context, cfg)
+    if not standardizes_here(context, cfg):
+        return raw
+    record = msg.content.array_records.get(keys.REC_STATISTICS)
+    if record is None or uses_federated_statistics(context, cfg) is not None:
+        return standardized_view(raw, key=key)
+    config = msg.content.config_records[keys.REC_CONFIG]
+    weight = config.get(keys.KEY_STATISTICS_WEIGHT)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise CorruptPayloadError(
+            f"{keys.KEY_STATISTICS_WEIGHT} must be a number beside {keys.REC_STATISTICS}; "
+            f"got {type(weight).__name__}"
+        )
+    payload = record_to_payload(record)
+    digest = scaling.digest(payload, float(weight))
+    cached = _statistics_cache.get(context.node_id)
+    if cached is not None and cached[0] == digest:
+        scaler = cached[1]
+    else:
+        codec, step = statistics_codec(context, cfg)
+        d = int(np.prod(raw.input_shape))
+        if not len(raw.y_train) <= float(weight) <= scaling.MAX_TOTAL_COUNT:
+            raise CorruptPayloadError(
+                f"federated statistics total count must be in [{len(raw.y_train)} (this "
+                f"node's own count), {scaling.MAX_TOTAL_COUNT:g}]; got {float(weight)!r}"
+            )
+        (average,) = codec.decode(payload, float(weight), scaling.shapes_of(d, step=step))
+        scaler = scaling.pooled(
+            average,
+            total_count=float(weight),
+            own_count=len(raw.y_train),
+            sample_shape=raw.input_shape,
+            step=step,
+        )
+        _statistics_cache[context.node_id] = (digest, scaler)
+    return standardized_view(raw, key=key, statistics=scaler, digest=digest)
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,17 +222,23 @@ def _codec(section: SecureAggregationSection, key_dir: str | None) -> ClientCode
     return client_codec(section, key_dir=key_dir)
 
 
-def codec_of(context: Context, cfg: ExperimentConfig) -> ClientCodec:
+def codec_of(
+    context: Context,
+    cfg: ExperimentConfig,
+    *,
+    section: SecureAggregationSection | None = None,
+) -> ClientCodec:
     """The scheme's client codec; a node's ``key-dir`` overrides the config's.
 
     A real node (one with its own ``data-path``) never opens a key directory the
     coordinator names: without its own ``key-dir`` it can only run ``scheme = "none"``.
+    ``section`` replaces ``cfg.secure_aggregation`` (the statistics' bound-1 codec).
 
     Raises:
         ConfigError: a real node without ``key-dir`` asked for a secure scheme.
     """
     policy = policy_of(context)
-    section = cfg.secure_aggregation
+    section = cfg.secure_aggregation if section is None else section
     if policy.key_dir is None and policy.own_data and section.scheme != "none":
         raise ConfigError(
             f"node_config must set {keys.NODE_KEY_DIR!r} for secure_aggregation.scheme "
@@ -294,7 +419,7 @@ def status_reply(msg: Message, status: str, reason: str, client_id: str) -> Mess
 def hello(msg: Message, context: Context) -> Message:
     """Discovery: report identity and data shape (never the data)."""
     cfg = experiment_of(msg)
-    data = data_of(context, cfg)
+    data, _ = raw_data_of(context, cfg)
     return Message(
         RecordDict(
             {
@@ -305,8 +430,50 @@ def hello(msg: Message, context: Context) -> Message:
                         keys.KEY_NUM_TEST: len(data.y_test),
                         keys.KEY_INPUT_SHAPE: "x".join(str(d) for d in data.input_shape),
                         keys.KEY_NUM_CLASSES: data.num_classes,
+                        keys.KEY_STANDARDIZES: standardizes_here(context, cfg),
                     }
                 )
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+@app.query("statistics")
+@guarded("statistics")
+def share_statistics(msg: Message, context: Context) -> Message:
+    """Federated statistics: this node's training-split moments, encoded with the scheme.
+
+    Replies ``declined`` (with the setting that decides it, never data) when the node does
+    not share; else the limbs of its per-feature mean and mean square
+    (:func:`fedai.data.scaling.share`) encoded with weight ``n`` = its training count.
+    """
+    cfg = experiment_of(msg)
+    cid = client_id_of(context)
+    reason = uses_federated_statistics(context, cfg)
+    if reason is None and policy_of(context).violations(cfg):
+        reason = "the request is outside the node policy"
+    if reason is not None:
+        logger.info("client %s does not share feature statistics: %s", cid, reason)
+        return status_reply(msg, keys.STATUS_DECLINED, reason, cid)
+    raw, _ = raw_data_of(context, cfg)
+    codec, step = statistics_codec(context, cfg)
+    try:
+        limbs = scaling.share(scaling.moments(raw.x_train), step=step)
+        payload = codec.encode([limbs], float(len(raw.y_train)))
+    except (ConfigError, DataError) as err:  # the detail stays in the node's log
+        logger.warning("client %s cannot share feature statistics: %s", cid, err)
+        return status_reply(
+            msg, keys.STATUS_DECLINED, f"statistics cannot be encoded: {type(err).__name__}", cid
+        )
+    return Message(
+        RecordDict(
+            {
+                keys.REC_ARRAYS: payload_to_record(payload),
+                keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: len(raw.y_train)}),
+                keys.REC_FEDAI: ConfigRecord(
+                    {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
+                ),
             }
         ),
         reply_to=msg,
@@ -332,10 +499,10 @@ def train(msg: Message, context: Context) -> Message:
     if refused:
         logger.warning("client %s refuses the round: %s", cid, "; ".join(refused))
         return status_reply(msg, keys.STATUS_REFUSED, "; ".join(refused), cid)
-    data = data_of(context, cfg)
     codec = codec_of(context, cfg)
-    spec = spec_of(msg, cfg, data)
     try:
+        data = data_for(msg, context, cfg)
+        spec = spec_of(msg, cfg, data)
         model = global_model(msg, cfg, spec, codec, node_id=context.node_id)
     except (CorruptPayloadError, KeyMismatchError) as err:
         return reject(msg, cid, err)
@@ -425,12 +592,12 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     refused = policy_of(context).violations(cfg)
     if refused:
         return status_reply(msg, keys.STATUS_FAILED, "; ".join(refused), cid)
-    data = data_of(context, cfg)
-    spec = spec_of(msg, cfg, data)
     codec = codec_of(context, cfg)
     config = msg.content.config_records[keys.REC_CONFIG]
     stepped: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     try:
+        data = data_for(msg, context, cfg)
+        spec = spec_of(msg, cfg, data)
         if bool(config.get(keys.KEY_SERVER_STEP, False)):
             stepped = server_step(msg, cfg, spec, codec)
             model = build_model(spec, seed=cfg.experiment.seed)

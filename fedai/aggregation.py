@@ -172,9 +172,12 @@ class PlainCodec:
 
     name = "none"
 
-    def __init__(self, *, bound: float = 1e6, round_decimals: int | None = None) -> None:
+    def __init__(
+        self, *, bound: float = 1e6, round_decimals: int | None = None, float64: bool = False
+    ) -> None:
         self.bound = bound
         self.round_decimals = round_decimals
+        self.float64 = float64  # decode to float64 (feature statistics), not float32
 
     def encode(self, weights: Sequence[np.ndarray], weight: float) -> Payload:
         """Return ``weight * quantize(w)`` for each array, in float64."""
@@ -193,7 +196,7 @@ class PlainCodec:
                 f"secure_aggregation.update_bound: aggregate values must be within "
                 f"+-{self.bound:g}; got {worst:g}; {BOUND_HINT}"
             )
-        return [a.astype(np.float32) for a in avg]
+        return [a if self.float64 else a.astype(np.float32) for a in avg]
 
 
 __all__ = [

@@ -392,6 +392,11 @@ class Checkpoint:
         privacy_reports: Client id -> its latest privacy report.
         seconds: Seconds the round loop has run so far (all starts together).
         started_at: When the run first started (UTC ISO 8601).
+        statistics: The summed federated feature statistics as the coordinator holds
+            them (ciphertext bytes under HE), or None.
+        statistics_weight: Their total weight.
+        statistics_view: What the statistics stage ended with (``mode``, contributors;
+            ``server.statistics.Statistics.to_dict()``); empty before the stage ran.
     """
 
     run_id: str
@@ -410,6 +415,9 @@ class Checkpoint:
     seconds: float = 0.0
     started_at: str = ""
     config_hash: str = ""
+    statistics: list[np.ndarray] | None = None
+    statistics_weight: float = 0.0
+    statistics_view: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.config_hash:
@@ -446,8 +454,15 @@ class Checkpoint:
             "privacy_reports": self.privacy_reports,
             "seconds": self.seconds,
             "started_at": self.started_at,
+            "statistics_arrays": None if self.statistics is None else len(self.statistics),
+            "statistics_weight": self.statistics_weight,
+            "statistics": self.statistics_view,
         }
-        arrays = {**_payload_arrays("model", self.model), **_payload_arrays("state", self.state)}
+        arrays = {
+            **_payload_arrays("model", self.model),
+            **_payload_arrays("state", self.state),
+            **_payload_arrays("statistics", self.statistics),
+        }
         path = self.path_in(run_dir)
         try:
             make_dir(path.parent, mode=DIR_MODE)
@@ -491,6 +506,14 @@ class Checkpoint:
         seconds = f.get("seconds", float)
         started_at = f.get("started_at", str)
         fingerprint = f.get("key_fingerprint", str)
+        # Federated feature statistics (absent from checkpoints made before them).
+        stats_n = f.count("statistics_arrays")
+        stats_weight = f.get("statistics_weight", float, optional=True)
+        if isinstance(stats_weight, float) and not (
+            math.isfinite(stats_weight) and stats_weight >= 0
+        ):
+            f.problems.append(f"statistics_weight must be finite and >= 0; got {stats_weight}")
+        stats_view = f.get("statistics", dict, optional=True)
         f.done()
         _check_views(p, clients=clients, excluded=excluded, reports=reports)
         if config_hash(config) != stored_hash:
@@ -514,6 +537,9 @@ class Checkpoint:
             privacy_reports=reports,
             seconds=seconds,
             started_at=started_at,
+            statistics=_payload_of(p, arrays, "statistics", stats_n),
+            statistics_weight=stats_weight or 0.0,
+            statistics_view=stats_view or {},
         )
 
     @classmethod

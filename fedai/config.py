@@ -31,6 +31,7 @@ from fedai.errors import ConfigError
 
 PartitionName = Literal["iid", "dirichlet", "shards"]
 StandardizeMode = Literal["auto", "none", "zscore"]
+StatisticsMode = Literal["auto", "federated", "local"]
 PrivacyMode = Literal["none", "local", "local+user"]
 AccountantName = Literal["rdp", "prv"]
 GradSampleMode = Literal["hooks", "ew", "ghost", "fused"]
@@ -142,11 +143,19 @@ class DataSection:
     Synthetic(alpha, beta), its own natural split), ``csv:PATH``, ``npz:PATH`` or
     ``hub:NAME`` (``mnist``, ``cifar10``, ``femnist``; needs the ``hub`` extra).
 
-    ``standardize``: ``zscore`` scales each feature by the mean and standard deviation of
-    the client's own training split (its test split reuses them; nothing leaves the node);
-    ``none`` uses the features as loaded; ``auto`` (default) is ``zscore`` for file
+    ``standardize``: ``zscore`` scales each feature by a mean and standard deviation from
+    training splits (``statistics`` says whose; test splits reuse them); ``none`` uses the
+    features as loaded; ``auto`` (default) is ``zscore`` for file
     sources (``csv:``, ``npz:``, a node's ``data-path``) and ``none`` for the built-in and
     hub sets, which are already scaled (see :mod:`fedai.data.scaling`).
+
+    ``statistics``: whose mean and standard deviation standardise the features.
+    ``federated``: every node's training split, pooled before round 1 (the nodes share
+    their count, per-feature mean and mean square, encoded with the run's scheme; the
+    coordinator only sums them); ``local``: the node's own training split (nothing
+    leaves the node, but label-skewed nodes then disagree on the feature axes);
+    ``auto`` (default): ``federated`` when ``privacy.mode`` is ``none``, else ``local``
+    (the shared moments are not differentially private).
     """
 
     dataset: str = "digits"
@@ -156,6 +165,7 @@ class DataSection:
     test_fraction: float = 0.2
     label_column: str = "label"
     standardize: StandardizeMode = "auto"
+    statistics: StatisticsMode = "auto"
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     synthetic_dim: int = 60
@@ -185,6 +195,19 @@ class DataSection:
                 "data.standardize must be one of "
                 f"{', '.join(repr(m) for m in get_args(StandardizeMode))}; "
                 f"got {self.standardize!r}"
+            )
+        if self.statistics not in get_args(StatisticsMode):
+            out.append(
+                "data.statistics must be one of "
+                f"{', '.join(repr(m) for m in get_args(StatisticsMode))}; "
+                f"got {self.statistics!r}"
+            )
+        elif self.standardize == "none":
+            out += _problems_unused(
+                "data",
+                self,
+                ("statistics",),
+                applies="when features are standardised, not with data.standardize 'none'",
             )
         if self.dataset == "synthetic":  # options with no effect are refused
             out += _problems_unused(
@@ -579,6 +602,12 @@ class ExperimentConfig:
             problems.append(
                 "privacy.grad_sample_mode 'fused' needs a Linear-only model (logreg or mlp); "
                 f"got model.name {self.model.name!r} (use hooks, ew or ghost)"
+            )
+        if self.data.statistics == "federated" and self.privacy.mode != "none":
+            problems.append(
+                "data.statistics 'federated' needs privacy.mode 'none' (the shared feature "
+                "moments are not differentially private; use 'local' or 'auto'); got "
+                f"privacy.mode {self.privacy.mode!r}"
             )
         if self.secure_aggregation.scheme != "none" and not problems:
             from fedai.schemes import config_problems

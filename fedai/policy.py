@@ -30,6 +30,11 @@ Node-config keys (all optional):
                            a larger requested budget is refused.
 ``max-num-sampled``        The largest ``num-sampled`` the node accepts (user-level DP
                            noise share is sigma / sqrt(num-sampled)).
+``share-statistics``      ``true`` (default) | ``false``: whether the node contributes its
+                           training split's feature moments to federated standardisation
+                           (``data.statistics``). A node that does not share (also any node
+                           with ``require-privacy``: the moments are not DP) standardises
+                           with its own statistics and still trains.
 =========================  ===============================================================
 
 In simulation the node config holds only ``partition-id``/``num-partitions``: the policy
@@ -56,6 +61,7 @@ MIN_NOISE_MULTIPLIER = "min-noise-multiplier"
 MAX_EPSILON_PER_ROUND = "max-epsilon-per-round"
 MAX_BUDGET_EPSILON = "max-budget-epsilon"
 MAX_NUM_SAMPLED = "max-num-sampled"
+SHARE_STATISTICS = "share-statistics"
 
 #: Every registered scheme (from the registry, :mod:`fedai.schemes`).
 SCHEMES = scheme_names()
@@ -77,6 +83,7 @@ class NodePolicy:
         max_epsilon_per_round: Largest per-round epsilon increment accepted, or None.
         max_budget_epsilon: Budget cap, or None.
         max_num_sampled: Largest ``num-sampled`` accepted, or None.
+        share_statistics: The node may share its feature moments (federated statistics).
     """
 
     own_data: bool = False
@@ -88,6 +95,7 @@ class NodePolicy:
     max_epsilon_per_round: float | None = None
     max_budget_epsilon: float | None = None
     max_num_sampled: int | None = None
+    share_statistics: bool = True
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, object]) -> NodePolicy:
@@ -140,6 +148,9 @@ class NodePolicy:
         max_sampled = positive(MAX_NUM_SAMPLED)
         if max_sampled is not None and max_sampled != int(max_sampled):
             problems.append(f"node_config {MAX_NUM_SAMPLED} must be an integer; got {max_sampled}")
+        share = (text(SHARE_STATISTICS) or "true").lower()
+        if share not in ("true", "false"):
+            problems.append(f"node_config {SHARE_STATISTICS} must be true or false; got {share!r}")
         policy = cls(
             own_data=text(NODE_DATA_PATH) is not None,
             key_dir=key_dir,
@@ -150,6 +161,7 @@ class NodePolicy:
             max_epsilon_per_round=positive(MAX_EPSILON_PER_ROUND),
             max_budget_epsilon=positive(MAX_BUDGET_EPSILON),
             max_num_sampled=None if max_sampled is None else int(max_sampled),
+            share_statistics=share != "false",
         )
         if problems:
             raise ConfigError(problems)
@@ -203,6 +215,27 @@ class NodePolicy:
                 f"coordinator asked for {num_sampled}"
             )
         return out
+
+    def statistics_refusal(self, cfg: ExperimentConfig) -> str | None:
+        """Why this node will not share (nor use) federated feature statistics, or None.
+
+        The moments are not differentially private: a node that requires DP never shares
+        them, whatever the coordinator asks, and neither does one whose operator set
+        ``share-statistics = false``. Such a node standardises with its own statistics.
+        """
+        if not self.share_statistics:
+            return f"node policy {SHARE_STATISTICS} is false"
+        if self.require_privacy is not None:
+            return (
+                f"node policy {REQUIRE_PRIVACY} is {self.require_privacy!r}: feature "
+                "statistics are not differentially private"
+            )
+        if cfg.privacy.mode != "none":
+            return (
+                f"privacy.mode is {cfg.privacy.mode!r}: feature statistics are not "
+                "differentially private"
+            )
+        return None
 
     def budget(self, requested: float | None) -> float | None:
         """The budget to apply: the coordinator's if it narrows the cap, else the cap."""

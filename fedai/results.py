@@ -113,6 +113,8 @@ class RunSummary:
     started_at: str = field(default_factory=utc_now)
     # status ("ok"/"failed"), exit_code and the one-line reason (fedai.verdict.judge)
     outcome: dict[str, Any] = field(default_factory=dict)
+    # which feature statistics standardised the data (server.statistics.Statistics.to_dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -170,6 +172,7 @@ class RunSummary:
             **({"outcome": self.outcome} if self.outcome else {}),
             "clients": self.clients,
             "excluded": self.excluded,
+            **({"statistics": self.statistics} if self.statistics else {}),
             **({"final_evaluation": self.final_evaluation} if self.final_evaluation else {}),
             **({"provenance": provenance} if provenance is not None else {}),
         }

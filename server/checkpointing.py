@@ -32,6 +32,7 @@ from fedai.errors import CheckpointError
 from fedai.federation import keys
 from fedai.models import ModelSpec
 from fedai.results import RoundRecord, RunSummary
+from server.statistics import Statistics
 from server.strategy import GlobalModel
 from server.transport import ClientInfo
 
@@ -227,6 +228,28 @@ class Checkpointer:
         )
         return current, ckpt.round + 1
 
+    def statistics(self) -> Statistics | None:
+        """The checkpoint's federated feature statistics stage, or None (run it now).
+
+        A resumed run standardises with the statistics it started with, never new ones.
+
+        Raises:
+            CheckpointError: the stored statistics are inconsistent.
+        """
+        ckpt = self.resume
+        if ckpt is None or not ckpt.statistics_view:
+            return None
+        try:
+            restored = Statistics.from_dict(
+                ckpt.statistics_view, payload=ckpt.statistics, total_weight=ckpt.statistics_weight
+            )
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint of run {ckpt.run_id}: bad feature statistics: {err}"
+            ) from err
+        logger.info("resumed run %s keeps its %s feature statistics", ckpt.run_id, restored.mode)
+        return restored
+
     # ------------------------------------------------------------------ save
     def save(
         self,
@@ -274,6 +297,9 @@ class Checkpointer:
             privacy_reports={k: dict(v) for k, v in run._privacy_reports.items()},
             seconds=self.seconds_before + seconds,
             started_at=summary.started_at,
+            statistics=run.statistics.payload,
+            statistics_weight=float(run.statistics.total_weight),
+            statistics_view=run.statistics.to_dict(),
         )
         return ckpt.save(self.run_dir)
 

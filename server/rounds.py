@@ -38,6 +38,7 @@ from fedai.results import RoundRecord, RunSummary, utc_now
 from fedai.schemes import weight_problems
 from server.availability import Availability
 from server.checkpointing import Checkpointer
+from server.statistics import Statistics, gather
 from server.strategy import Candidate, GlobalModel, Strategy, UserLevelDp, build_strategy
 from server.transport import ClientInfo, Transport
 from server.transport import clip_text as _text
@@ -100,6 +101,7 @@ class FederatedRun:
         )
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
         self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
+        self.statistics = Statistics(mode="none")  # federated feature statistics (stage 0)
         # Checkpoints into checkpoint_dir after every round; resume continues one.
         self.checkpointer = Checkpointer(checkpoint_dir, resume)
         self.transport.shared.update(self.checkpointer.identity())
@@ -154,6 +156,15 @@ class FederatedRun:
         self.strategy.bind(spec, list(self._shapes))
         self.transport.shared[keys.KEY_NUM_CLASSES] = spec.num_classes
         summary = RunSummary(config=self.cfg.to_dict(), started_at=started_at)
+        # Before round 1 (a resumed run reuses the checkpoint's): server.statistics.
+        restored = self.checkpointer.statistics()
+        self.statistics = (
+            restored
+            if restored is not None
+            else gather(self.cfg, self.transport, self.summer, clients)
+        )
+        self.statistics.attach(self.transport)
+        summary.statistics = self.statistics.to_dict()
         current, first_round = self.checkpointer.restore(self, clients, summary, list(self._shapes))
         if first_round == 1:  # the run id is on disk before any client trains
             self._checkpoint(0, current, clients, summary, spec, t_start)

@@ -47,6 +47,7 @@ class ClientInfo:
     exhausted: str = ""  # reason, once the client refused to train for its budget
     unavailable: str = ""  # reason, while the node is marked unavailable (server.availability)
     missed: int = 0  # rounds missed in a row (no reply / node error)
+    standardizes: bool = False  # data.standardize applies to the node's data
 
 
 class Transport:
@@ -67,6 +68,7 @@ class Transport:
         self.discovery_timeout = discovery_timeout
         self._config_json = config_json
         self.shared: dict[str, bool | int | float | str] = {}  # sent with every message
+        self.shared_records: dict[str, ArrayRecord] = {}  # sent with every message (send)
         self.excluded: dict[str, str] = {}  # "node <id>" -> why discovery left it out
         self.unreachable: dict[int, str] = {}  # node id -> why its hello got no answer
         self.bytes_out = 0  # record bytes sent and received (Flower's count_bytes)
@@ -95,7 +97,7 @@ class Transport:
             **self.shared,
             **config,
         }
-        extra = records or {}
+        extra = {**self.shared_records, **(records or {})}
         per = per_node or {}
         messages = [
             Message(
@@ -333,6 +335,11 @@ def parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
         raise ProtocolError(
             f"input shape must have <= {MAX_INPUT_VALUES} values; got {_shape_text(shape)}"
         )
+    standardizes = rec.get(keys.KEY_STANDARDIZES, False)
+    if not isinstance(standardizes, bool):
+        raise ProtocolError(
+            f"{keys.KEY_STANDARDIZES} must be true or false; got {type(standardizes).__name__}"
+        )
     return ClientInfo(
         nid,
         client_id,
@@ -340,6 +347,7 @@ def parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
         as_int(rec[keys.KEY_NUM_TEST], what="num-test", lo=0, hi=MAX_EXAMPLES),
         shape,
         as_int(rec[keys.KEY_NUM_CLASSES], what="num-classes", lo=2, hi=MAX_CLASSES),
+        standardizes=standardizes,
     )
 
 

@@ -5,14 +5,20 @@
 cached per-client view the ClientApp uses; :func:`load_local_file` is what a real
 on-prem node uses (its own file, never partitioned).
 
-Both paths split each client's samples in :func:`split_train_test`, which is also where
-features are standardised (``data.standardize``, :mod:`fedai.data.scaling`): statistics
-from that client's training split only, applied to both of its splits.
+Both paths split each client's samples in :func:`split_train_test`. Features are
+standardised (``data.standardize``, :mod:`fedai.data.scaling`) with statistics from
+training splits only, applied to both splits: the client's own (``local``), or the
+federation's pooled ones (``federated``, decoded by the ClientApp before round 1). The
+raw split is cached once per process and each standardised view is cached by the
+statistics' digest (:func:`standardized_view`), so a view is computed once per client and
+statistics, however many rounds use it.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,16 +103,46 @@ def _pool(data: DataSection) -> sources.Pool:
     return sources.Pool(data.dataset, x, y, int(y.max()) + 1 if len(y) else 0)
 
 
-def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
+def standardizes(data: DataSection, *, own_file: bool = False) -> bool:
+    """Whether ``data.standardize`` applies to this source (``own_file``: a node's file)."""
+    file_source = own_file or data.dataset.partition(":")[0] in ("csv", "npz")
+    return scaling.resolve(data.standardize, file_source=file_source)
+
+
+def load_federated(cfg: ExperimentConfig, *, standardize: bool | None = None) -> list[ClientData]:
     """Return every client's data for ``cfg`` (deterministic for ``cfg.experiment.seed``).
+
+    Args:
+        cfg: The experiment config.
+        standardize: ``None`` (default): as ``data.standardize`` and ``data.statistics``
+            say: with federated statistics, every client with the statistics of all
+            training splits pooled (what the federation's statistics stage computes, up to
+            its 1e-12 encoding precision); with local ones, each client with its own
+            training split's; ``False``: the raw splits.
 
     Raises:
         DataError: unreadable source. PartitionError: a client would get too few samples.
     """
+    if standardize is None and standardizes(cfg.data):
+        mode = scaling.statistics_mode(cfg.data.statistics, privacy_mode=cfg.privacy.mode)
+        if mode == "federated":
+            raw = load_federated(cfg, standardize=False)
+            scaler = scaling.fit(np.concatenate([c.x_train for c in raw]))
+            return [
+                ClientData(
+                    c.client_id,
+                    scaler.transform(c.x_train),
+                    c.y_train,
+                    scaler.transform(c.x_test),
+                    c.y_test,
+                    c.num_classes,
+                )
+                for c in raw
+            ]
     data, exp = cfg.data, cfg.experiment
     seed = exp.seed
-    file_source = data.dataset.partition(":")[0] in ("csv", "npz")
-    standardize = scaling.resolve(data.standardize, file_source=file_source)
+    if standardize is None:
+        standardize = standardizes(data)
     if data.dataset == "synthetic":
         xs, ys = sources.synthetic(
             num_clients=exp.num_clients,
@@ -159,11 +195,54 @@ def load_federated(cfg: ExperimentConfig) -> list[ClientData]:
 @functools.lru_cache(maxsize=4)
 def _federated_cached(data: DataSection, seed: int, num_clients: int) -> tuple[ClientData, ...]:
     experiment = ExperimentSection(seed=seed, num_clients=num_clients, clients_per_round=1)
-    return tuple(load_federated(ExperimentConfig(data=data, experiment=experiment)))
+    cfg = ExperimentConfig(data=data, experiment=experiment)
+    return tuple(load_federated(cfg, standardize=False))
 
 
-def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
-    """Return client ``partition_id``'s data (the federation is built once per process)."""
+#: Standardised views by (source key, statistics digest or "local"), least recent first.
+_VIEWS: OrderedDict[tuple[Hashable, ...], ClientData] = OrderedDict()
+_MAX_VIEWS = 4096
+
+
+def standardized_view(
+    raw: ClientData,
+    *,
+    key: tuple[Hashable, ...],
+    statistics: scaling.Standardizer | None = None,
+    digest: str = "",
+) -> ClientData:
+    """``raw`` standardised, cached by ``key`` and the statistics' ``digest``.
+
+    Args:
+        raw: An unstandardised client split.
+        key: Names ``raw`` (what it was loaded from) in the cache.
+        statistics: Federated statistics (named by ``digest``); None: ``raw``'s own
+            training split's (:func:`fedai.data.scaling.fit`).
+        digest: Names ``statistics`` (e.g. :func:`fedai.data.scaling.digest` of the
+            aggregate they were decoded from).
+    """
+    k = (*key, digest if statistics is not None else "local")
+    hit = _VIEWS.get(k)
+    if hit is not None:
+        _VIEWS.move_to_end(k)
+        return hit
+    scaler = statistics if statistics is not None else scaling.fit(raw.x_train)
+    out = ClientData(
+        raw.client_id,
+        scaler.transform(raw.x_train),
+        raw.y_train,
+        scaler.transform(raw.x_test),
+        raw.y_test,
+        raw.num_classes,
+    )
+    _VIEWS[k] = out
+    while len(_VIEWS) > _MAX_VIEWS:
+        _VIEWS.popitem(last=False)
+    return out
+
+
+def raw_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
+    """Client ``partition_id``'s unstandardised split (the federation is built once)."""
     if not 0 <= partition_id < cfg.experiment.num_clients:
         raise PartitionError(
             f"partition id must be in [0, {cfg.experiment.num_clients}); got {partition_id}"
@@ -174,13 +253,40 @@ def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
     ]
 
 
+def load_client(
+    cfg: ExperimentConfig,
+    partition_id: int,
+    *,
+    statistics: scaling.Standardizer | None = None,
+    digest: str = "",
+) -> ClientData:
+    """Return client ``partition_id``'s data, standardised as ``data.standardize`` says.
+
+    With ``statistics`` (federated, named by ``digest``) those are used; else the
+    client's own training split's. Sources that are not standardised come back raw.
+    """
+    raw = raw_client(cfg, partition_id)
+    if not standardizes(cfg.data):
+        return raw
+    key = ("partition", cfg.data, cfg.experiment.seed, cfg.experiment.num_clients, partition_id)
+    return standardized_view(raw, key=key, statistics=statistics, digest=digest)
+
+
 def load_local_file(
-    path: str, *, client_id: str, data: DataSection, seed: int, num_classes: int | None = None
+    path: str,
+    *,
+    client_id: str,
+    data: DataSection,
+    seed: int,
+    num_classes: int | None = None,
+    standardize: bool | None = None,
 ) -> ClientData:
     """Load a real node's own file (``.csv`` or ``.npz``), split it, never partition it.
 
     A node's file is a file source: ``data.standardize = "auto"`` standardises it from
-    the node's own training split, as in simulation.
+    the node's own training split, as in simulation; ``standardize=False`` returns the
+    raw split (the ClientApp then applies local or federated statistics through
+    :func:`standardized_view`).
     """
     x, y = (
         files.load_npz(path)
@@ -197,8 +303,17 @@ def load_local_file(
         test_fraction=data.test_fraction,
         seed=seed,
         num_classes=max(k, 2),
-        standardize=scaling.resolve(data.standardize, file_source=True),
+        standardize=standardizes(data, own_file=True) if standardize is None else standardize,
     )
 
 
-__all__ = ["ClientData", "load_client", "load_federated", "load_local_file", "split_train_test"]
+__all__ = [
+    "ClientData",
+    "load_client",
+    "load_federated",
+    "load_local_file",
+    "raw_client",
+    "split_train_test",
+    "standardized_view",
+    "standardizes",
+]

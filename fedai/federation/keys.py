@@ -10,6 +10,7 @@ from fedai import policy
 MSG_QUERY: Final = "query"
 MSG_TRAIN: Final = "train"
 MSG_EVALUATE: Final = "evaluate"
+MSG_STATISTICS: Final = "query.statistics"  # federated feature statistics, before round 1
 
 # RecordDict entries.
 REC_ARRAYS: Final = "arrays"  # ArrayRecord: the (possibly encrypted) payload
@@ -40,6 +41,11 @@ KEY_NUM_CLASSES: Final = "fedai.num-classes"
 KEY_NUM_TRAIN: Final = "fedai.num-train"
 KEY_NUM_TEST: Final = "fedai.num-test"
 KEY_PRIVACY: Final = "fedai.privacy"  # JSON: the client's privacy report (epsilon, history)
+KEY_STANDARDIZES: Final = "fedai.standardizes"  # discovery: data.standardize applies here
+
+# Federated feature statistics (fedai.data.scaling, server.statistics).
+REC_STATISTICS: Final = "fedai.statistics"  # ArrayRecord: the summed (encoded) moments
+KEY_STATISTICS_WEIGHT: Final = "fedai.statistics-weight"  # their total weight (count)
 
 # Reply statuses.
 STATUS_OK: Final = "ok"
@@ -47,6 +53,7 @@ STATUS_REFUSED: Final = "refused"  # the client will not train (privacy budget e
 STATUS_REJECTED: Final = "rejected"  # the client rejected the aggregate (bounds check)
 STATUS_FAILED: Final = "failed"  # the client could not serve the request (reason: kind only)
 STATUS_ALREADY_CHARGED: Final = "already-charged"  # the ledger holds this (run, round)
+STATUS_DECLINED: Final = "declined"  # the node does not share its feature statistics
 
 # node_config keys (set by Flower in simulation, by the operator on a real SuperNode).
 NODE_PARTITION_ID: Final = "partition-id"

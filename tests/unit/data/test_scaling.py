@@ -166,10 +166,25 @@ def csv_config(path, **data):
     )
 
 
-def test_file_sources_are_standardised_per_client_by_default(big_csv):
+def test_file_sources_are_standardised_with_pooled_statistics_by_default(big_csv):
     path, _ = big_csv
 
     clients = load_federated(csv_config(path))
+    raw = load_federated(csv_config(path, standardize="none"))
+
+    # data.statistics "auto" without DP: every client's training split pooled
+    x_all = np.concatenate([c.x_train for c in raw]).astype(np.float64)
+    mean, std = x_all.mean(axis=0), x_all.std(axis=0)
+    for scaled, plain in zip(clients, raw, strict=True):
+        np.testing.assert_allclose(scaled.x_train, (plain.x_train - mean) / std, atol=1e-5)
+        np.testing.assert_allclose(scaled.x_test, (plain.x_test - mean) / std, atol=1e-4)
+    assert len({round(float(c.x_train[:, 0].mean()), 3) for c in clients}) == 3
+
+
+def test_file_sources_are_standardised_per_client_with_local_statistics(big_csv):
+    path, _ = big_csv
+
+    clients = load_federated(csv_config(path, statistics="local"))
     raw = load_federated(csv_config(path, standardize="none"))
 
     for scaled, plain in zip(clients, raw, strict=True):
@@ -223,7 +238,10 @@ def test_npz_sources_are_standardised_too(tmp_path):
 
     clients = load_federated(cfg)
 
-    assert all(np.abs(c.x_train.mean(axis=0)).max() < 1e-4 for c in clients)
+    # pooled statistics (the default without DP): all training rows centred and scaled
+    rows = np.concatenate([c.x_train for c in clients]).astype(np.float64)
+    assert np.abs(rows.mean(axis=0)).max() < 1e-4
+    np.testing.assert_allclose(rows.std(axis=0), 1.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("dataset", ["digits", "breast_cancer", "synthetic"])
