@@ -119,6 +119,14 @@ def check_run(
             f"privacy.grad_sample_mode {cfg.privacy.grad_sample_mode!r} has no effect with "
             "privacy.mode 'none' (no DP-SGD runs)"
         )
+    from fedai.data import standardizes
+
+    if cfg.data.statistics != "auto" and not standardizes(cfg.data):
+        warnings.append(
+            f"data.statistics {cfg.data.statistics!r} has no effect: data.standardize "
+            f"{cfg.data.standardize!r} standardises no client of {cfg.data.dataset!r} in a "
+            "simulation (only file sources, or every source with 'zscore')"
+        )
     if out_dir is not None:
         attempt(
             lambda: check_output_dir(out_dir, overwrite=overwrite, resume=resume, option=out_option)

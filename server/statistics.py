@@ -13,9 +13,14 @@ node's moments; in the clear it sees what the plaintext model updates would reve
 
 The sum and its total weight then travel with every train and evaluate message
 (:data:`~fedai.federation.keys.REC_STATISTICS`; stateless nodes, restarts and resumed runs
-all see the same statistics), and are saved in the checkpoint. Fewer usable replies than
-``secure_aggregation.min_contributors`` (a sum of one would reveal that node's moments
-to the others) means no federated statistics: every node uses its own, logged once.
+all see the same statistics), and are saved in the checkpoint. Fewer usable replies than two,
+or than ``secure_aggregation.min_contributors`` if that is more (a sum of one would be
+that node's moments, sent to every node), means no federated statistics: every node uses
+its own, logged once. In the clear each node's moments are also checked alone (bounds,
+finite, variance >= 0), so one bad node loses its own place in the sum, not the run's
+statistics; under CKKS or Paillier only the nodes can check, and only the sum: a
+key-holding node can still skew it within the bounds, as it can skew a model update
+(docs/threat_model.md).
 Nodes validate the aggregate before use (:func:`fedai.data.scaling.pooled`).
 """
 
@@ -28,8 +33,8 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fedai.aggregation import Payload, SecureSum
-from fedai.config import ExperimentConfig
+from fedai.aggregation import Payload, PlainCodec, SecureSum
+from fedai.config import ExperimentConfig, SecureAggregationSection
 from fedai.data import scaling
 from fedai.errors import ContributionError, ProtocolError
 from fedai.federation import keys
@@ -37,6 +42,9 @@ from fedai.federation.records import as_int, payload_to_record, reply_payload
 from server.transport import ClientInfo, Transport, clip_text
 
 logger = logging.getLogger(__name__)
+
+#: A sum of one node's moments would be that node's moments, sent to every node.
+MIN_STATISTICS_CONTRIBUTORS = 2
 
 
 @dataclass(slots=True)
@@ -123,6 +131,31 @@ class Statistics:
         transport.shared[keys.KEY_STATISTICS_WEIGHT] = float(self.total_weight)
 
 
+def _check_plain(
+    payload: Payload,
+    count: int,
+    shapes: list[tuple[int, ...]],
+    sample_shape: tuple[int, ...],
+    step: float,
+    section: SecureAggregationSection,
+) -> None:
+    """One node's plaintext moments, checked as the nodes check the sum (``scheme = "none"``).
+
+    In the clear the coordinator sees each contribution anyway, so a node's limbs beyond
+    the bound, non-finite values or a negative variance cost that node its place in the
+    sum here, instead of every node rejecting the pooled statistics for the whole run.
+    Under CKKS or Paillier only the nodes can check, and only the sum.
+
+    Raises:
+        CorruptPayloadError: the contribution fails :func:`fedai.data.scaling.pooled`'s checks.
+    """
+    codec = PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True)
+    (average,) = codec.decode(payload, float(count), shapes)
+    scaling.pooled(
+        average, total_count=count, own_count=count, sample_shape=sample_shape, step=step
+    )
+
+
 def gather(
     cfg: ExperimentConfig,
     transport: Transport,
@@ -187,11 +220,13 @@ def gather(
                 lo=client.num_train,
                 hi=client.num_train,
             )
+            if section.scheme == "none":  # in the clear: each node's moments checked alone
+                _check_plain(payload, count, shapes, first.input_shape, step, section)
         except Exception as err:  # one bad reply costs only that node's contribution
             out.failures[cid] = f"{type(err).__name__}: {clip_text(err)}"
             continue
         good.append((cid, payload, count))
-    need = cfg.secure_aggregation.min_contributors
+    need = max(MIN_STATISTICS_CONTRIBUTORS, cfg.secure_aggregation.min_contributors)
     while len(good) >= need and good:
         try:
             out.payload = summer.sum([p for _, p, _ in good])
@@ -209,8 +244,8 @@ def gather(
         out.mode = "local"
         out.reason = (
             f"{len(good)} of {len(standardizing)} node(s) shared usable feature statistics; "
-            f"at least {max(need, 1)} needed (secure_aggregation.min_contributors): every "
-            "node uses its own training split's statistics"
+            f"at least {need} needed (2, or secure_aggregation.min_contributors if more): "
+            "every node uses its own training split's statistics"
         )
         logger.warning("federated statistics: %s", out.reason)
         return out

@@ -324,6 +324,10 @@ def parse_hello(nid: int, rec: ConfigRecord) -> ClientInfo:
             f"client id must be a string of 1..{MAX_CLIENT_ID_CHARS} characters; got "
             f"{type(client_id).__name__} of length {len(str(client_id))}"
         )
+    if not client_id.isprintable():  # it reaches logs, results.json and terminals
+        raise ProtocolError(
+            f"client id must be printable (no control characters); got {clip_text(client_id)!r}"
+        )
     text = rec[keys.KEY_INPUT_SHAPE]
     parts = str(text).split("x")
     if not isinstance(text, str) or not 0 < len(parts) <= MAX_INPUT_DIMS:
@@ -359,9 +363,17 @@ def message_bytes(message: Message) -> int:
 
 
 def clip_text(value: object, limit: int = 300) -> str:
-    """A client-supplied reason, cut to ``limit`` characters for logs and results."""
+    """A client-supplied reason, cut to ``limit`` characters for logs and results.
+
+    Control characters (terminal escape sequences included) become ``?``, line breaks and
+    tabs a space: the text reaches operators' terminals and log files.
+    """
     text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " if c in "\n\r\t" else "?" for c in text)
+    return text
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -127,6 +127,15 @@ def run_attached(args: argparse.Namespace) -> int:
                         f"(exit code {code}); its output ends with:\n{tail}"
                     )
                 status = deploy.wait_for_status(run_id, env=env, timeout=60.0)
+                if not status.startswith("finished"):  # the stream ended, the run did not
+                    keep_work = True
+                    print(
+                        f"fedai server: flwr run's stream ended but run {run_id} is "
+                        f"{status or 'in an unknown state'} on the SuperLink at {host}:{port}; "
+                        f"follow it with {flwr_cmd} log {run_id} {deploy.FEDERATION}, stop it "
+                        f"with {flwr_cmd} stop {run_id} {deploy.FEDERATION} (then delete {work})",
+                        file=sys.stderr,
+                    )
             except KeyboardInterrupt:
                 keep_work = bool(run_ids)
                 print(

@@ -34,16 +34,12 @@ _MAGIC = b"FEDAIPL1"
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<BB")
 _DIM = struct.Struct("<Q")
-#: dtype code -> dtype (little endian): what a payload may hold, nothing else.
+#: dtype code -> dtype (little endian): what a payload may hold, nothing else (model values
+#: in float32/float64, ciphertext envelopes as uint8).
 _DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),
     2: np.dtype("<f8"),
     3: np.dtype("|u1"),
-    4: np.dtype("<i4"),
-    5: np.dtype("<i8"),
-    6: np.dtype("<u4"),
-    7: np.dtype("<u8"),
-    8: np.dtype("|b1"),
 }
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 MAX_ENTRIES = 65_536  # arrays in one payload
@@ -131,6 +127,11 @@ def _unpack(data: memoryview) -> Payload:
             raise ProtocolError(f"payload header is truncated at array {i} of {count}")
         shape = tuple(_DIM.unpack_from(data, at + k * _DIM.size)[0] for k in range(ndim))
         at += ndim * _DIM.size
+        if any(dim > size for dim in shape):  # also beside a 0: numpy's own limits
+            raise ProtocolError(
+                f"payload array {i}: no dimension may exceed the {size} bytes that came; "
+                f"got shape {shape}"
+            )
         nbytes = _DTYPES[code].itemsize
         for dim in shape:  # Python ints: no overflow; stop as soon as it cannot fit
             nbytes *= dim

@@ -276,6 +276,14 @@ def malformed(kind: str) -> ClientApp:
             )
         elif kind == "missing":
             del reply.content.array_records[keys.REC_ARRAYS]
+        elif kind == "range":  # limbs beyond the bound: nodes would reject the whole sum
+            reply.content.array_records[keys.REC_ARRAYS] = payload_to_record(
+                [a * 1e6 for a in record_to_payload(arrays)]
+            )
+        elif kind == "variance":  # in bounds, but mean square 0: variance = -mean**2 < 0
+            (limbs,) = record_to_payload(arrays)
+            limbs[:, 1, :] = 0.0
+            reply.content.array_records[keys.REC_ARRAYS] = payload_to_record([limbs])
         return reply
 
     def passthrough(msg: Message, ctx: Context) -> Message:
@@ -295,6 +303,9 @@ def malformed(kind: str) -> ClientApp:
         ("count", "statistics num-examples must be in"),
         ("nan", "must be finite"),
         ("missing", "reply must carry an ArrayRecord"),
+        # in the clear the coordinator checks each node's moments as the nodes check the sum
+        ("range", "within +-1"),
+        ("variance", "variance must be >= 0"),
     ],
 )
 def test_a_malformed_statistics_reply_is_left_out_and_the_run_goes_on(
@@ -321,8 +332,29 @@ def test_too_few_sharing_nodes_means_local_statistics_for_all() -> None:
 
     stats = outcome.summary.statistics
     assert stats["mode"] == "local"
-    assert "at least 4 needed (secure_aggregation.min_contributors)" in stats["reason"]
+    assert "at least 4 needed (2, or secure_aggregation.min_contributors" in stats["reason"]
     assert not any(keys.REC_STATISTICS in m.content.array_records for m in sent)
+
+
+def test_one_sharing_node_is_never_a_sum_sent_to_the_others() -> None:
+    # Arrange: min_contributors 1 (the default), and every node but one declines
+    cfg = config()
+    assert cfg.secure_aggregation.min_contributors == 1
+    nodes = sim_nodes(
+        **{str(i): {"share-statistics": "false"} for i in range(NUM_CLIENTS) if i != BAD}
+    )
+    sent: list[Message] = []
+
+    # Act
+    outcome = run(cfg, nodes=nodes, sent=sent)
+
+    # Assert: a "sum" of one would be node BAD's own moments, delivered to everyone
+    stats = outcome.summary.statistics
+    assert stats["mode"] == "local"
+    assert "1 of" in stats["reason"]
+    assert "at least 2 needed" in stats["reason"]
+    assert not any(keys.REC_STATISTICS in m.content.array_records for m in sent)
+    assert [r.status for r in outcome.summary.rounds] == ["ok"] * ROUNDS
 
 
 # ---------------------------------------------------------------- checkpoint and HE

@@ -249,3 +249,19 @@ def test_a_good_config_passes_and_reports_sizes(tmp_path: Path) -> None:
 def test_grad_sample_mode_without_dp_is_a_warning() -> None:
     found = check_run(cfg_of(privacy={"grad_sample_mode": "ew"}))
     assert any("grad_sample_mode" in w for w in found.warnings)
+
+
+def test_data_statistics_without_a_standardised_source_is_warned_about() -> None:
+    # digits is a built-in set: data.standardize "auto" leaves it as it is in a simulation
+    cfg = ExperimentConfig.from_mapping(
+        {
+            "experiment": {"num_clients": 2, "clients_per_round": 2, "rounds": 1},
+            "data": {"dataset": "digits", "partition": "iid", "statistics": "local"},
+        }
+    )
+
+    findings = check_run(cfg)
+
+    (warning,) = [w for w in findings.warnings if "data.statistics" in w]
+    assert "has no effect" in warning
+    assert "'digits'" in warning
