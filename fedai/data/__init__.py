@@ -103,6 +103,18 @@ def _pool(data: DataSection) -> sources.Pool:
     return sources.Pool(data.dataset, x, y, int(y.max()) + 1 if len(y) else 0)
 
 
+def _scaled(raw: ClientData, scaler: scaling.Standardizer) -> ClientData:
+    """``raw`` with both splits standardised by ``scaler`` (labels and ids unchanged)."""
+    return ClientData(
+        raw.client_id,
+        scaler.transform(raw.x_train),
+        raw.y_train,
+        scaler.transform(raw.x_test),
+        raw.y_test,
+        raw.num_classes,
+    )
+
+
 def standardizes(data: DataSection, *, own_file: bool = False) -> bool:
     """Whether ``data.standardize`` applies to this source (``own_file``: a node's file)."""
     file_source = own_file or data.dataset.partition(":")[0] in ("csv", "npz")
@@ -128,17 +140,7 @@ def load_federated(cfg: ExperimentConfig, *, standardize: bool | None = None) ->
         if mode == "federated":
             raw = load_federated(cfg, standardize=False)
             scaler = scaling.fit(np.concatenate([c.x_train for c in raw]))
-            return [
-                ClientData(
-                    c.client_id,
-                    scaler.transform(c.x_train),
-                    c.y_train,
-                    scaler.transform(c.x_test),
-                    c.y_test,
-                    c.num_classes,
-                )
-                for c in raw
-            ]
+            return [_scaled(c, scaler) for c in raw]
     data, exp = cfg.data, cfg.experiment
     seed = exp.seed
     if standardize is None:
@@ -226,15 +228,7 @@ def standardized_view(
     if hit is not None:
         _VIEWS.move_to_end(k)
         return hit
-    scaler = statistics if statistics is not None else scaling.fit(raw.x_train)
-    out = ClientData(
-        raw.client_id,
-        scaler.transform(raw.x_train),
-        raw.y_train,
-        scaler.transform(raw.x_test),
-        raw.y_test,
-        raw.num_classes,
-    )
+    out = _scaled(raw, statistics if statistics is not None else scaling.fit(raw.x_train))
     _VIEWS[k] = out
     while len(_VIEWS) > _MAX_VIEWS:
         _VIEWS.popitem(last=False)
