@@ -87,15 +87,6 @@ def client_id_of(context: Context) -> str:
     return str(context.node_id)
 
 
-def data_of(context: Context, cfg: ExperimentConfig) -> ClientData:
-    """This node's data with its own statistics: its file on a real node, else its partition.
-
-    The handlers use :func:`data_for`, which also applies federated statistics.
-    """
-    raw, key = raw_data_of(context, cfg)
-    return standardized_view(raw, key=key) if standardizes_here(context, cfg) else raw
-
-
 @functools.lru_cache(maxsize=4)
 def _raw_local_file(path: str, client_id: str, config_json: str) -> ClientData:
     cfg = ExperimentConfig.from_json(config_json)
@@ -136,7 +127,7 @@ def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | 
         return f"data.standardize {cfg.data.standardize!r} does not apply to this node's data"
     if scaling.statistics_mode(cfg.data.statistics, privacy_mode=cfg.privacy.mode) != "federated":
         return f"data.statistics {cfg.data.statistics!r} resolves to local statistics"
-    refusal = policy_of(context).statistics_refusal(cfg)
+    refusal = policy_of(context).statistics_refusal()
     if refusal is not None:
         return refusal
     if cfg.secure_aggregation.scheme == "ckks" and cfg.secure_aggregation.flood_sigma > 0:
@@ -154,18 +145,10 @@ def statistics_codec(context: Context, cfg: ExperimentConfig) -> tuple[ClientCod
         update_bound=1.0,
         workers=1 if section.scheme == "paillier" else section.workers,
     )
-    step = scaling.grid_step(
-        section.scheme,
-        round_decimals=section.round_decimals,
-        quantization_bits=section.quantization_bits,
-    )
+    step = scaling.grid_step(section)
     if section.scheme == "none":  # float64 out: a float32 average would cost 7 digits
         return PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True), step
     return codec_of(context, cfg, section=stats), step
-
-
-#: node id -> (statistics digest, the standardizer decoded from them).
-_statistics_cache: dict[int, tuple[str, scaling.Standardizer]] = {}
 
 
 def data_for(msg: Message, context: Context, cfg: ExperimentConfig) -> ClientData:
@@ -173,7 +156,8 @@ def data_for(msg: Message, context: Context, cfg: ExperimentConfig) -> ClientDat
 
     Federated statistics (the aggregate every train/evaluate message carries) if the node
     uses them (:func:`uses_federated_statistics`) and the message has them; else the
-    node's own training split's. Decoded once per node and aggregate (cached by digest).
+    node's own training split's. Decoded (and validated) once per node's data and
+    aggregate: the standardised view is cached by the aggregate's digest.
 
     Raises:
         CorruptPayloadError / KeyMismatchError: the aggregate fails decoding or validation
@@ -193,28 +177,20 @@ def data_for(msg: Message, context: Context, cfg: ExperimentConfig) -> ClientDat
             f"got {type(weight).__name__}"
         )
     payload = record_to_payload(record)
-    digest = scaling.digest(payload, float(weight))
-    cached = _statistics_cache.get(context.node_id)
-    if cached is not None and cached[0] == digest:
-        scaler = cached[1]
-    else:
+
+    def decode() -> scaling.Standardizer:  # only when this view is not cached yet
         codec, step = statistics_codec(context, cfg)
-        d = int(np.prod(raw.input_shape))
-        if not len(raw.y_train) <= float(weight) <= scaling.MAX_TOTAL_COUNT:
-            raise CorruptPayloadError(
-                f"federated statistics total count must be in [{len(raw.y_train)} (this "
-                f"node's own count), {scaling.MAX_TOTAL_COUNT:g}]; got {float(weight)!r}"
-            )
-        (average,) = codec.decode(payload, float(weight), scaling.shapes_of(d, step=step))
-        scaler = scaling.pooled(
-            average,
+        return scaling.decode_pooled(
+            codec,
+            payload,
             total_count=float(weight),
             own_count=len(raw.y_train),
             sample_shape=raw.input_shape,
             step=step,
         )
-        _statistics_cache[context.node_id] = (digest, scaler)
-    return standardized_view(raw, key=key, statistics=scaler, digest=digest)
+
+    digest = scaling.digest(payload, float(weight))
+    return standardized_view(raw, key=key, statistics=decode, digest=digest)
 
 
 @functools.lru_cache(maxsize=4)

@@ -216,12 +216,14 @@ class NodePolicy:
             )
         return out
 
-    def statistics_refusal(self, cfg: ExperimentConfig) -> str | None:
-        """Why this node will not share (nor use) federated feature statistics, or None.
+    def statistics_refusal(self) -> str | None:
+        """Why this node's own policy forbids sharing (and using) federated statistics, or None.
 
         The moments are not differentially private: a node that requires DP never shares
         them, whatever the coordinator asks, and neither does one whose operator set
         ``share-statistics = false``. Such a node standardises with its own statistics.
+        (A DP run's config never asks: ``data.statistics`` resolves to local under DP,
+        :func:`fedai.data.scaling.statistics_mode`.)
         """
         if not self.share_statistics:
             return f"node policy {SHARE_STATISTICS} is false"
@@ -229,11 +231,6 @@ class NodePolicy:
             return (
                 f"node policy {REQUIRE_PRIVACY} is {self.require_privacy!r}: feature "
                 "statistics are not differentially private"
-            )
-        if cfg.privacy.mode != "none":
-            return (
-                f"privacy.mode is {cfg.privacy.mode!r}: feature statistics are not "
-                "differentially private"
             )
         return None
 

@@ -134,7 +134,6 @@ class Statistics:
 def _check_plain(
     payload: Payload,
     count: int,
-    shapes: list[tuple[int, ...]],
     sample_shape: tuple[int, ...],
     step: float,
     section: SecureAggregationSection,
@@ -150,9 +149,8 @@ def _check_plain(
         CorruptPayloadError: the contribution fails :func:`fedai.data.scaling.pooled`'s checks.
     """
     codec = PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True)
-    (average,) = codec.decode(payload, float(count), shapes)
-    scaling.pooled(
-        average, total_count=count, own_count=count, sample_shape=sample_shape, step=step
+    scaling.decode_pooled(
+        codec, payload, total_count=count, own_count=count, sample_shape=sample_shape, step=step
     )
 
 
@@ -180,11 +178,7 @@ def gather(
         )
     first = clients[standardizing[0]]
     section = cfg.secure_aggregation
-    step = scaling.grid_step(
-        section.scheme,
-        round_decimals=section.round_decimals,
-        quantization_bits=section.quantization_bits,
-    )
+    step = scaling.grid_step(section)
     shapes = scaling.shapes_of(math.prod(first.input_shape), step=step)
     replies = transport.send(standardizing, keys.MSG_STATISTICS, 0, ArrayRecord(), {})
     out = Statistics(mode="federated")
@@ -221,7 +215,7 @@ def gather(
                 hi=client.num_train,
             )
             if section.scheme == "none":  # in the clear: each node's moments checked alone
-                _check_plain(payload, count, shapes, first.input_shape, step, section)
+                _check_plain(payload, count, first.input_shape, step, section)
         except Exception as err:  # one bad reply costs only that node's contribution
             out.failures[cid] = f"{type(err).__name__}: {clip_text(err)}"
             continue

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,7 +210,7 @@ def standardized_view(
     raw: ClientData,
     *,
     key: tuple[Hashable, ...],
-    statistics: scaling.Standardizer | None = None,
+    statistics: Callable[[], scaling.Standardizer] | None = None,
     digest: str = "",
 ) -> ClientData:
     """``raw`` standardised, cached by ``key`` and the statistics' ``digest``.
@@ -218,8 +218,9 @@ def standardized_view(
     Args:
         raw: An unstandardised client split.
         key: Names ``raw`` (what it was loaded from) in the cache.
-        statistics: Federated statistics (named by ``digest``); None: ``raw``'s own
-            training split's (:func:`fedai.data.scaling.fit`).
+        statistics: Makes the federated statistics named by ``digest`` (decodes and
+            validates them); called only when the view is not cached. None: ``raw``'s
+            own training split's (:func:`fedai.data.scaling.fit`).
         digest: Names ``statistics`` (e.g. :func:`fedai.data.scaling.digest` of the
             aggregate they were decoded from).
     """
@@ -228,7 +229,7 @@ def standardized_view(
     if hit is not None:
         _VIEWS.move_to_end(k)
         return hit
-    out = _scaled(raw, statistics if statistics is not None else scaling.fit(raw.x_train))
+    out = _scaled(raw, statistics() if statistics is not None else scaling.fit(raw.x_train))
     _VIEWS[k] = out
     while len(_VIEWS) > _MAX_VIEWS:
         _VIEWS.popitem(last=False)
@@ -247,23 +248,16 @@ def raw_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
     ]
 
 
-def load_client(
-    cfg: ExperimentConfig,
-    partition_id: int,
-    *,
-    statistics: scaling.Standardizer | None = None,
-    digest: str = "",
-) -> ClientData:
-    """Return client ``partition_id``'s data, standardised as ``data.standardize`` says.
+def load_client(cfg: ExperimentConfig, partition_id: int) -> ClientData:
+    """Client ``partition_id``'s data, standardised as ``data.standardize`` says.
 
-    With ``statistics`` (federated, named by ``digest``) those are used; else the
-    client's own training split's. Sources that are not standardised come back raw.
+    With its own training split's statistics (the ClientApp applies federated ones itself).
     """
     raw = raw_client(cfg, partition_id)
     if not standardizes(cfg.data):
         return raw
     key = ("partition", cfg.data, cfg.experiment.seed, cfg.experiment.num_clients, partition_id)
-    return standardized_view(raw, key=key, statistics=statistics, digest=digest)
+    return standardized_view(raw, key=key)
 
 
 def load_local_file(

@@ -58,12 +58,16 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
 from fedai.config import StandardizeMode, StatisticsMode
 from fedai.errors import ConfigError, CorruptPayloadError, DataError
+
+if TYPE_CHECKING:
+    from fedai.aggregation import ClientCodec, Payload
+    from fedai.config import SecureAggregationSection
 
 #: The values ``data.standardize`` accepts.
 MODES: tuple[str, ...] = get_args(StandardizeMode)
@@ -241,16 +245,16 @@ def from_limbs(limbs: np.ndarray, *, step: float) -> np.ndarray:
     return out * BOUND
 
 
-def grid_step(scheme: str, *, round_decimals: int, quantization_bits: int) -> float:
-    """The grid a scheme's codec puts values of bound 1 on (the limbs' ``step``).
+def grid_step(section: SecureAggregationSection) -> float:
+    """The grid the run's codec puts values of bound 1 on (the limbs' ``step``).
 
     Paillier quantises ``[-1, 1]`` to ``Q = 2**(r-1) - 1`` levels a side (``r`` =
     ``quantization_bits``), so its grid is ``1/Q``; the plaintext and CKKS codecs round to
     ``round_decimals`` decimals.
     """
-    if scheme == "paillier":
-        return 1.0 / ((1 << (quantization_bits - 1)) - 1)
-    return 10.0**-round_decimals
+    if section.scheme == "paillier":
+        return 1.0 / ((1 << (section.quantization_bits - 1)) - 1)
+    return 10.0**-section.round_decimals
 
 
 def share(m: Moments, *, step: float) -> np.ndarray:
@@ -265,6 +269,50 @@ def share(m: Moments, *, step: float) -> np.ndarray:
 def shapes_of(num_features: int, *, step: float) -> list[tuple[int, ...]]:
     """The layout of a shared statistics payload for ``num_features`` features on grid ``step``."""
     return [(limbs_for(step), 2, int(num_features))]
+
+
+def check_total_count(total_count: float, *, own_count: int) -> None:
+    """An aggregate's total weight must be finite, at least ``own_count``, at most the max.
+
+    Raises:
+        CorruptPayloadError: it is not (the node's own count is public: it is announced
+            at discovery).
+    """
+    total = float(total_count)
+    if not (math.isfinite(total) and own_count <= total <= MAX_TOTAL_COUNT):
+        raise CorruptPayloadError(
+            f"federated statistics total count must be in [{own_count} (this node's own "
+            f"count), {MAX_TOTAL_COUNT:g}]; got {total_count!r}"
+        )
+
+
+def decode_pooled(
+    codec: ClientCodec,
+    payload: Payload,
+    *,
+    total_count: float,
+    own_count: int,
+    sample_shape: Sequence[int],
+    step: float,
+) -> Standardizer:
+    """Decode an encoded statistics aggregate with ``codec`` and validate it (:func:`pooled`).
+
+    The total count is checked before the codec runs (no decryption for a weight no sum
+    can have).
+
+    Raises:
+        CorruptPayloadError / KeyMismatchError: the count, the decoding or the values fail.
+    """
+    check_total_count(total_count, own_count=own_count)
+    d = math.prod(int(s) for s in sample_shape)
+    (average,) = codec.decode(payload, float(total_count), shapes_of(d, step=step))
+    return pooled(
+        average,
+        total_count=total_count,
+        own_count=own_count,
+        sample_shape=sample_shape,
+        step=step,
+    )
 
 
 def pooled(
@@ -298,12 +346,7 @@ def pooled(
         )
     if not np.all(np.isfinite(a)):
         raise CorruptPayloadError("federated statistics must be finite; got NaN or inf")
-    total = float(total_count)
-    if not (math.isfinite(total) and own_count <= total <= MAX_TOTAL_COUNT):
-        raise CorruptPayloadError(
-            f"federated statistics total count must be in [{own_count} (this node's own "
-            f"count), {MAX_TOTAL_COUNT:g}]; got {total_count!r}"
-        )
+    check_total_count(total_count, own_count=own_count)
     mean, mean_square = from_limbs(a, step=step)
     var = mean_square - np.square(mean)
     # Float error (float64 moments, limb precision, the subtraction) may leave a zero
@@ -342,6 +385,8 @@ __all__ = [
     "STATISTICS_MODES",
     "Moments",
     "Standardizer",
+    "check_total_count",
+    "decode_pooled",
     "digest",
     "fit",
     "from_limbs",

@@ -6,7 +6,6 @@ Processes started here run in their own session (process group) and are stopped 
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedai.federation.deploy import free_port as free_port  # the kit's tests import it here
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SITES = ("site-1", "site-2", "site-3")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_sites(tmp_path: Path) -> dict[str, Path]:

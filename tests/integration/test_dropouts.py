@@ -10,7 +10,6 @@ deadline passes), so a hung node really costs the round its deadline.
 import collections
 import itertools
 import logging
-import socket
 import time
 import urllib.request
 
@@ -21,6 +20,7 @@ from flwr.app import Error, Message
 from clients.app import app as client_app
 from fedai.config import ExperimentConfig
 from fedai.federation import flower_internals as fi
+from fedai.federation.deploy import free_port
 from fedai.federation.inprocess import InProcessGrid
 from server.app import build_server_app
 
@@ -119,12 +119,6 @@ def _nodes(n):
     return [{"partition-id": i, "num-partitions": n} for i in range(n)]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sample_value(text, name):
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -136,7 +130,7 @@ def test_a_hung_node_is_waited_for_until_the_deadline_marked_and_taken_back(capl
     # Arrange: node 1001 (client "1") hangs after round 1 and recovers after round 3;
     # two missed rounds mark it, a probe every 2 rounds brings it back. Metrics are on.
     grid = FlakyGrid(_nodes(4))
-    port = _free_port()
+    port = free_port()
     cfg = _cfg(6, 4, min_replies=3, max_missed_rounds=2, retry_unavailable_every=2)
     cfg = cfg.replace(monitoring=cfg.monitoring.__class__(metrics_port=port))
     scrapes = {}

@@ -1,7 +1,6 @@
 """The coordinator's Prometheus endpoint and JSON logs during a real (in-process) run."""
 
 import json
-import socket
 import urllib.error
 import urllib.request
 
@@ -9,6 +8,7 @@ import pytest
 
 import server.app
 from fedai.cli import main as cli_main
+from fedai.federation.deploy import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +22,6 @@ SMALL = [
     "--set",
     "train.local_epochs=1",
 ]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scrape(port):
@@ -44,7 +38,7 @@ def _value(text, sample):
 
 def test_simulate_with_metrics_port_serves_a_round_counter_that_increases(tmp_path, monkeypatch):
     # Arrange: scrape the endpoint whenever the CLI prints a round line
-    port = _free_port()
+    port = free_port()
     scrapes = []
     original = server.app.format_progress
 

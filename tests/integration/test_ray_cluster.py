@@ -8,7 +8,6 @@ would stop every Ray on the machine.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from fedai.cli import main as cli_main
+from fedai.federation.deploy import free_port
 from fedai.models import load_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -33,12 +33,6 @@ RUN = [
     "--set",
     "experiment.clients_per_round=4",
 ]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop_group(proc):
@@ -56,7 +50,7 @@ def _stop_group(proc):
 @pytest.fixture
 def ray_head():
     """A Ray head on 127.0.0.1 with 2 CPUs: yields (address, its temp dir)."""
-    port = _free_port()
+    port = free_port()
     # Short path: Ray's unix sockets live under the temp dir (108-byte limit).
     temp = Path(tempfile.mkdtemp(prefix="fedai-ray-", dir="/tmp"))
     log = open(temp / "head.log", "w")  # noqa: SIM115 - closed in finally
@@ -74,7 +68,7 @@ def ray_head():
         "--include-dashboard=false",
         "--disable-usage-stats",
         "--ray-client-server-port",
-        str(_free_port()),
+        str(free_port()),
         "--temp-dir",
         str(temp / "t"),
         "--block",

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from fedai.config import ExperimentConfig
 from fedai.errors import ConfigError
+from fedai.federation.deploy import free_port
 from fedai.monitoring import (
     REASON_CLASSES,
     JsonFormatter,
@@ -34,12 +35,6 @@ def _record(round_=1, **kw):
 
 def _value(metrics, name, **labels):
     return metrics.registry.get_sample_value(name, labels)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scrape(port):
@@ -163,7 +158,7 @@ def test_metrics_server_serves_the_registry_and_releases_the_port():
     # Arrange
     m = RunMetrics()
     m.observe_round(_record(1))
-    port = _free_port()
+    port = free_port()
     # Act
     with MetricsServer(m, port=port) as server:
         body = _scrape(server.port)
@@ -189,7 +184,7 @@ def test_serve_metrics_is_off_by_default_and_on_with_a_port():
     cfg = ExperimentConfig.from_mapping({})
     with serve_metrics(cfg.monitoring) as metrics:
         assert metrics is None
-    port = _free_port()
+    port = free_port()
     on = ExperimentConfig.from_mapping({"monitoring": {"metrics_port": port}})
     with serve_metrics(on.monitoring, rounds_planned=4) as metrics:
         assert metrics is not None

@@ -201,11 +201,10 @@ def test_config_refuses_an_unknown_or_ineffective_statistics_setting():
 
 
 def test_node_policy_share_statistics():
-    cfg = ExperimentConfig()
-    assert NodePolicy.from_node_config({}).statistics_refusal(cfg) is None
+    assert NodePolicy.from_node_config({}).statistics_refusal() is None
     off = NodePolicy.from_node_config({"share-statistics": "false"})
-    assert off.statistics_refusal(cfg) == "node policy share-statistics is false"
+    assert off.statistics_refusal() == "node policy share-statistics is false"
     dp = NodePolicy.from_node_config({"require-privacy": "local"})
-    assert "not differentially private" in (dp.statistics_refusal(cfg) or "")
+    assert "not differentially private" in (dp.statistics_refusal() or "")
     with pytest.raises(ConfigError, match="share-statistics must be true or false; got 'maybe'"):
         NodePolicy.from_node_config({"share-statistics": "maybe"})
