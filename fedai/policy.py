@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedai.config import ExperimentConfig
 from fedai.crypto.bundle import scheme_of_key_dir
+from fedai.data.reading import NodeReading
 from fedai.errors import ConfigError, KeyFileError
+from fedai.release import EvaluationRelease
 from fedai.schemes import scheme_names
 
 NODE_DATA_PATH = "data-path"
@@ -84,6 +86,9 @@ class NodePolicy:
         max_budget_epsilon: Budget cap, or None.
         max_num_sampled: Largest ``num-sampled`` accepted, or None.
         share_statistics: The node may share its feature moments (federated statistics).
+        reading: How a node with its own data reads and splits its file
+            (:mod:`fedai.data.reading`).
+        evaluation: What its evaluation replies release (:mod:`fedai.release`).
     """
 
     own_data: bool = False
@@ -96,6 +101,8 @@ class NodePolicy:
     max_budget_epsilon: float | None = None
     max_num_sampled: int | None = None
     share_statistics: bool = True
+    reading: NodeReading = field(default_factory=NodeReading)
+    evaluation: EvaluationRelease = field(default_factory=EvaluationRelease)
 
     @classmethod
     def from_node_config(cls, node: Mapping[str, object]) -> NodePolicy:
@@ -151,7 +158,20 @@ class NodePolicy:
         share = (text(SHARE_STATISTICS) or "true").lower()
         if share not in ("true", "false"):
             problems.append(f"node_config {SHARE_STATISTICS} must be true or false; got {share!r}")
+        reading, evaluation = NodeReading(), EvaluationRelease()
+        try:
+            reading = NodeReading.from_node_config(node)
+        except ConfigError as err:
+            problems.extend(err.problems)
+        try:
+            evaluation = EvaluationRelease.from_node_config(
+                node, requires_privacy=privacy is not None
+            )
+        except ConfigError as err:
+            problems.extend(err.problems)
         policy = cls(
+            reading=reading,
+            evaluation=evaluation,
             own_data=text(NODE_DATA_PATH) is not None,
             key_dir=key_dir,
             state_dir=text(NODE_STATE_DIR),

@@ -285,11 +285,20 @@ def train_local(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = 512,
+    loss_bound: float | None = None,
 ) -> EvalResult:
-    """Return mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    """Return mean cross-entropy and accuracy of ``model`` on (x, y).
+
+    ``loss_bound`` clips each example's loss to ``[0, loss_bound]`` before summing (the
+    bounded sensitivity a noisy release needs, :mod:`fedai.release`).
+    """
     model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    criterion = nn.CrossEntropyLoss(reduction="sum" if loss_bound is None else "none")
     loss, correct = 0.0, 0
     # The batches a DataLoader without shuffling yields, as slices: its per-sample
     # indexing and collation cost more than the model on small test splits.
@@ -298,7 +307,8 @@ def evaluate(
     for lo in range(0, len(yt), batch_size):
         xb, yb = xt[lo : lo + batch_size], yt[lo : lo + batch_size]
         out = model(xb)
-        loss += float(criterion(out, yb))
+        per = criterion(out, yb)
+        loss += float(per if loss_bound is None else per.clamp(0.0, loss_bound).sum())
         correct += int((out.argmax(dim=1) == yb).sum())
     n = len(y)
     return EvalResult(loss / max(n, 1), correct / max(n, 1), n)

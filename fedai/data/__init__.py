@@ -25,6 +25,7 @@ import numpy as np
 
 from fedai.config import DataSection, ExperimentConfig, ExperimentSection
 from fedai.data import files, hub, partition, scaling, sources
+from fedai.data.reading import NodeReading, keyed_permutation, split_key
 from fedai.errors import DataError, PartitionError
 
 
@@ -54,6 +55,8 @@ def split_train_test(
     seed: int,
     num_classes: int,
     standardize: bool = False,
+    order: np.ndarray | None = None,
+    n_test: int | None = None,
 ) -> ClientData:
     """Shuffle and split one client's samples; both splits get at least one sample.
 
@@ -66,6 +69,9 @@ def split_train_test(
         num_classes: Class count recorded in the result.
         standardize: Z-score both splits with the training split's per-feature mean and
             standard deviation (:func:`fedai.data.scaling.fit`).
+        order: The permutation to split by (a real node's keyed one,
+            :func:`fedai.data.reading.keyed_permutation`); default: one from ``seed``.
+        n_test: The test split's size; default ``round(n * test_fraction)``, clamped.
 
     Raises:
         PartitionError: if the client holds fewer than two samples.
@@ -75,8 +81,13 @@ def split_train_test(
         raise PartitionError(
             f"client {client_id} needs at least 2 samples for a train and a test split; got {n}"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    if order is None:
+        order = np.random.default_rng(seed).permutation(n)
+    elif order.shape != (n,):
+        raise PartitionError(f"split order must have shape ({n},); got {order.shape}")
+    if n_test is None:
+        n_test = round(n * test_fraction)
+    n_test = min(max(1, n_test), n - 1)
     te, tr = order[:n_test], order[n_test:]
     x_train, x_test = x[tr], x[te]
     if standardize:
@@ -264,39 +275,52 @@ def load_local_file(
     path: str,
     *,
     client_id: str,
-    data: DataSection,
-    seed: int,
-    num_classes: int | None = None,
+    reading: NodeReading | None = None,
+    state_dir: str | None = None,
     standardize: bool | None = None,
 ) -> ClientData:
     """Load a real node's own file (``.csv`` or ``.npz``), split it, never partition it.
 
-    A node's file is a file source: ``data.standardize = "auto"`` standardises it from
-    the node's own training split, as in simulation; ``standardize=False`` returns the
-    raw split (the ClientApp then applies local or federated statistics through
-    :func:`standardized_view`).
+    How the file is read and split is the node's own (:class:`~fedai.data.reading.
+    NodeReading`, from its ``node_config``): label column, class count, test fraction and
+    minimum, standardisation, and a split keyed by a secret the coordinator never sees
+    (:func:`~fedai.data.reading.split_key`; ``state_dir`` is where the node keeps it).
+    ``standardize=False`` returns the raw split (the ClientApp then applies local or
+    federated statistics through :func:`standardized_view`).
+
+    Raises:
+        DataError: the file is unreadable or malformed, a label is outside the announced
+            classes, or it is too small for the node's minimum test split.
     """
+    reading = NodeReading() if reading is None else reading
     x, y = (
         files.load_npz(path)
         if path.endswith(".npz")
-        else files.load_csv(path, label_column=data.label_column)
+        else files.load_csv(path, label_column=reading.label_column)
     )
-    k = num_classes if num_classes is not None else int(y.max()) + 1
+    k = reading.num_classes if reading.num_classes is not None else int(y.max()) + 1
     if y.max() >= k:
-        raise DataError(f"{path}: labels must be < {k}; got {int(y.max())}")
+        raise DataError(f"{path}: labels must be < {k} (num-classes); got {int(y.max())}")
+    n_test = reading.test_size(len(y), what=path)
+    key = split_key(split_seed=reading.split_seed, state_dir=state_dir, data_path=path)
+    if standardize is None:
+        standardize = scaling.resolve(reading.standardize, file_source=True)
     return split_train_test(
         client_id,
         x,
         y,
-        test_fraction=data.test_fraction,
-        seed=seed,
+        test_fraction=reading.test_fraction,
+        seed=0,
         num_classes=max(k, 2),
-        standardize=standardizes(data, own_file=True) if standardize is None else standardize,
+        standardize=standardize,
+        order=keyed_permutation(len(y), key),
+        n_test=n_test,
     )
 
 
 __all__ = [
     "ClientData",
+    "NodeReading",
     "load_client",
     "load_federated",
     "load_local_file",

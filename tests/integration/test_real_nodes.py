@@ -62,6 +62,7 @@ def simulate(config: Path, keys: Path, sites: dict[str, Path], state: Path, out:
             "client-id": site,
             "state-dir": str(state / site),
             "key-dir": str(keys),
+            "split-seed": site,
         }
         for site, path in sites.items()
     ]
@@ -148,6 +149,8 @@ def test_server_and_three_clients_tls_auth_ckks_dp_and_refusals(tmp_path):
                 site,
                 "--state",
                 f"state/{site}",
+                "--node-config",
+                f"split-seed={site}",  # the simulation below splits the same way
             )
         unregistered = procs.start(
             "site-4",
@@ -223,18 +226,15 @@ def test_server_and_three_clients_tls_auth_ckks_dp_and_refusals(tmp_path):
 
 def evaluate_on_sites(run_dir: Path, config: dict, sites: dict[str, Path]) -> float:
     """The decrypted model's accuracy on the sites' own test splits, weighted by size."""
-    from fedai.config import ExperimentConfig
-    from fedai.data import load_local_file
+    from fedai.data import NodeReading, load_local_file
     from fedai.models import load_model
     from fedai.training import evaluate
 
-    cfg = ExperimentConfig.from_mapping(
-        {s: {k: v for k, v in vals.items() if v is not None} for s, vals in config.items()}
-    )
+    del config  # a node's split and scaling are its own, not the experiment's
     model, _spec = load_model(run_dir)
     correct = total = 0.0
     for site, path in sites.items():
-        data = load_local_file(str(path), client_id=site, data=cfg.data, seed=cfg.experiment.seed)
+        data = load_local_file(str(path), client_id=site, reading=NodeReading(split_seed=site))
         res = evaluate(model, data.x_test, data.y_test)
         correct += res.accuracy * res.num_examples
         total += res.num_examples

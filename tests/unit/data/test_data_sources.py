@@ -89,7 +89,7 @@ def test_csv_source_partitions_and_local_file(tmp_path):
     )
     clients = load_federated(cfg)
     assert sum(len(c.y_train) + len(c.y_test) for c in clients) == 60
-    local = load_local_file(str(p), client_id="org-a", data=cfg.data, seed=0)
+    local = load_local_file(str(p), client_id="org-a")
     assert local.client_id == "org-a"
     assert len(local.y_train) + len(local.y_test) == 60
 
