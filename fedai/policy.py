@@ -37,6 +37,13 @@ Node-config keys (all optional):
                            with its own statistics and still trains.
 =========================  ===============================================================
 
+How a node with its own file reads and splits it (``label-column``, ``num-classes``,
+``test-fraction``, ``min-test-examples``, ``standardize``, ``split-seed``) is in
+:mod:`fedai.data.reading`; what its evaluation replies release (``evaluation``,
+``max-evaluations-per-round``, ``evaluation-noise-multiplier``, ``evaluation-loss-bound``)
+in :mod:`fedai.release`. Both are parsed here, so ``fedai client`` refuses a bad value
+before it starts.
+
 In simulation the node config holds only ``partition-id``/``num-partitions``: the policy
 then allows what the experiment config asks (the coordinator *is* the experimenter).
 """
