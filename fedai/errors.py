@@ -86,6 +86,14 @@ class CorruptPayloadError(FedAIError, ValueError):
     """An encrypted payload is malformed, truncated, or decrypts outside its bounds."""
 
 
+class LayoutMismatchError(CorruptPayloadError):
+    """A payload's array shapes or dtypes differ from the layout the receiver declared.
+
+    E.g. an aggregate relabelled from float32 to float16 (its values lose precision), or a
+    contribution re-tagged with float64 item sizes.
+    """
+
+
 class ContributionError(CorruptPayloadError):
     """One of several payloads given to a sum is bad; ``index`` says which.
 
@@ -121,6 +129,7 @@ __all__ = [
     "InvalidPrivacyParameterError",
     "KeyFileError",
     "KeyMismatchError",
+    "LayoutMismatchError",
     "LedgerError",
     "ModelError",
     "PartitionError",

@@ -28,12 +28,12 @@ import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedai.aggregation import Payload, SecureSum
+from fedai.aggregation import ArraySpec, Payload, SecureSum, layout_of
 from fedai.config import ExperimentConfig
 from fedai.errors import ConfigError, ProtocolError
 from fedai.federation import keys
 from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
-from fedai.models import ModelSpec, build_model
+from fedai.models import ModelSpec, build_model, get_weights
 from fedai.results import RoundRecord, RunSummary, utc_now
 from fedai.schemes import weight_problems
 from server.availability import Availability
@@ -101,6 +101,7 @@ class FederatedRun:
         )
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
         self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
+        self._layout: list[ArraySpec] | None = None  # ... with its dtypes (what is checked)
         self.statistics = Statistics(mode="none")  # federated feature statistics (stage 0)
         # Checkpoints into checkpoint_dir after every round; resume continues one.
         self.checkpointer = Checkpointer(checkpoint_dir, resume)
@@ -153,7 +154,8 @@ class FederatedRun:
         # The layout every contribution must carry (seeded: leaves the global RNG alone).
         model = build_model(spec, seed=0)
         self._shapes = [tuple(p.shape) for p in model.state_dict().values()]
-        self.strategy.bind(spec, list(self._shapes))
+        self._layout = layout_of(get_weights(model))  # item sizes are part of the layout
+        self.strategy.bind(spec, list(self._shapes), layout=self._layout)
         self.transport.shared[keys.KEY_NUM_CLASSES] = spec.num_classes
         summary = RunSummary(config=self.cfg.to_dict(), started_at=started_at)
         # Before round 1 (a resumed run reuses the checkpoint's): server.statistics.
@@ -372,7 +374,7 @@ class FederatedRun:
             record.failures[cid] = _text(rec.get(keys.KEY_REASON, status))
             return None
         contribution = reply_payload(reply)
-        self.summer.check(contribution, self._shapes)
+        self.summer.check(contribution, self._layout)
         n = as_float(
             reply.content.metric_records[keys.REC_METRICS][keys.KEY_NUM_EXAMPLES],
             what="num-examples",

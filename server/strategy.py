@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from fedai.aggregation import Payload, PlainCodec, SecureSum
+from fedai.aggregation import ArraySpec, Payload, PlainCodec, SecureSum, Shapes
 from fedai.config import ExperimentConfig
 from fedai.errors import ContributionError, ProtocolError
 from fedai.federation import keys
@@ -134,10 +135,27 @@ class LinearStrategy:
         self._codec = PlainCodec(bound=section.update_bound, round_decimals=section.round_decimals)
         self.spec: ModelSpec | None = None
         self.shapes: list[tuple[int, ...]] = []
+        self.layout: Shapes = []  # the shapes with their dtypes: what contributions carry
 
-    def bind(self, spec: ModelSpec, shapes: list[tuple[int, ...]]) -> None:
-        """Learn the model's spec and layout (after discovery)."""
+    def bind(
+        self,
+        spec: ModelSpec,
+        shapes: list[tuple[int, ...]],
+        *,
+        layout: Sequence[ArraySpec] | None = None,
+    ) -> None:
+        """Learn the model's spec and layout (after discovery).
+
+        ``layout`` declares the contributions' dtypes too (the model's, e.g. float32): the
+        sum blames whatever differs from it, never the honest contributions.
+        """
         self.spec, self.shapes = spec, shapes
+        self.layout = list(layout) if layout is not None else list(shapes)
+
+    @property
+    def stepped_layout(self) -> list[ArraySpec]:
+        """The layout of a model stepped by the server optimiser: float64 (its math)."""
+        return [ArraySpec(tuple(s), 8) for s in self.shapes]
 
     @property
     def state_shapes(self) -> list[tuple[int, ...]]:
@@ -202,7 +220,7 @@ class LinearStrategy:
         summed: Payload | None = None
         while len(good) >= minimum and summed is None:
             try:
-                summed = self.summer.sum([p for _, p, _ in good])
+                summed = self.summer.sum([p for _, p, _ in good], shapes=self.layout)
             except ContributionError as err:
                 cid = good[err.index][0]
                 record.failures[cid] = f"{type(err).__name__}: {err}"
@@ -327,8 +345,10 @@ class LinearStrategy:
             try:
                 payload = record_to_payload(content.array_records[keys.REC_ARRAYS])
                 state = record_to_payload(content.array_records[keys.REC_STATE])
-                self.summer.check(payload, self.shapes)
-                self.summer.check(state, self.state_shapes)
+                stepped = self.stepped_layout  # what optimizer.step returns: float64
+                slots = self.optimizer.state_slots
+                self.summer.check(payload, stepped)
+                self.summer.check(state, [s for _ in range(slots) for s in stepped])
             except Exception as err:  # try the next evaluator
                 errors.append(f"{cid}: {type(err).__name__}: {err}")
                 continue

@@ -49,7 +49,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedai.aggregation import blame, exact_average, quantize
+from fedai.aggregation import (
+    UNDECLARED_ITEMSIZES,
+    blame,
+    exact_average,
+    layout_mismatch,
+    quantize,
+)
 from fedai.crypto.ckks_keys import (
     ClientBundle,
     CoordinatorBundle,
@@ -69,9 +75,9 @@ from fedai.crypto.envelope import (
 from fedai.crypto.packing import chunk_bounds, flatten_bounded, unflatten
 from fedai.errors import (
     ConfigError,
-    ContributionError,
     CorruptPayloadError,
     KeyFileError,
+    LayoutMismatchError,
 )
 from fedai.schemes import KeyOption, SchemeSpec
 
@@ -242,13 +248,17 @@ class CkksCodec:
         Args:
             payload: The coordinator's sum (or a single contribution).
             total_weight: ``N``, the sum of the summed contributions' weights.
-            shapes: The model's array shapes, in order.
+            shapes: The model's layout, in order: :class:`~fedai.aggregation.ArraySpec`
+                entries declare each array's dtype too; bare shapes accept float32 or
+                float64 (:data:`~fedai.aggregation.UNDECLARED_ITEMSIZES`).
 
         Returns:
             New arrays of ``shapes`` in the dtypes recorded at encoding.
 
         Raises:
             KeyMismatchError: The payload was made under another key set.
+            LayoutMismatchError: The aggregate's shapes or dtypes are not the declared
+                ones (a relabelled dtype would cost precision).
             CorruptPayloadError: The payload is malformed or unauthenticated, ``N`` is not
                 positive or exceeds the headroom, or a decrypted average is not finite or
                 exceeds ``update_bound`` (a corrupted ciphertext decrypts to ~1e31).
@@ -268,11 +278,9 @@ class CkksCodec:
             mac_key=self._bundle._mac_key,
             slots=self._slots,
         )
-        expected = [tuple(int(d) for d in s) for s in shapes]
-        if [s.shape for s in env.specs] != expected:
-            raise CorruptPayloadError(
-                f"aggregate shapes must be {expected}; got {[s.shape for s in env.specs]}"
-            )
+        problem = layout_mismatch(env.specs, shapes, "aggregate", undeclared=UNDECLARED_ITEMSIZES)
+        if problem is not None:
+            raise LayoutMismatchError(problem)
         context = self._bundle._context
         parts = []
         for j, (lo, hi) in enumerate(chunk_bounds(env.n_values, self._slots)):
@@ -374,25 +382,32 @@ class CkksSum:
         validated when :meth:`sum` loads them (:func:`~fedai.crypto.ckks_wire.
         load_ckks_vector`), before any arithmetic.
 
+        Args:
+            payload: One client's contribution.
+            shapes: The model's declared layout; :class:`~fedai.aggregation.ArraySpec`
+                entries declare dtypes too (item sizes are part of the layout).
+
         Raises:
             KeyMismatchError: The payload was made under another key set.
+            LayoutMismatchError: Its shapes or dtypes are not ``shapes``'.
             CorruptPayloadError: It is empty, truncated, random, miscounted, not a
-                single contribution, its tag does not match, or its layout is not
-                ``shapes``.
+                single contribution, or its tag does not match.
         """
         env, _ = self._open_contribution(payload, "payload")
         if shapes is not None:
-            expected = [tuple(int(d) for d in s) for s in shapes]
-            if [s.shape for s in env.specs] != expected:
-                raise CorruptPayloadError(
-                    f"payload shapes must be {expected}; got {[s.shape for s in env.specs]}"
-                )
+            problem = layout_mismatch(env.specs, shapes, "payload")
+            if problem is not None:
+                raise LayoutMismatchError(problem)
 
-    def sum(self, payloads: Sequence[Payload]) -> Payload:
+    def sum(self, payloads: Sequence[Payload], *, shapes: Shapes | None = None) -> Payload:
         """Add checked contributions ciphertext by ciphertext.
 
         Args:
             payloads: Contributions that passed :meth:`check`, all with the same layout.
+            shapes: The model's declared layout (shapes and, as
+                :class:`~fedai.aggregation.ArraySpec`, dtypes): every contribution must
+                carry it. Without it the contributions must agree among themselves
+                (:func:`~fedai.crypto.envelope.reference_layout`).
 
         Returns:
             An aggregate payload (same layout, ``n_summands`` = total summed).
@@ -400,9 +415,9 @@ class CkksSum:
         Raises:
             KeyMismatchError: A payload was made under another key set.
             ContributionError: Payload ``index`` is foreign, corrupt, not a single
-                contribution, differs in layout from payload 0, or a ciphertext fails
-                validation; nothing was summed.
-            CorruptPayloadError: No payloads.
+                contribution, differs from the declared layout (or, with none declared,
+                from the majority's), or a ciphertext fails validation; nothing was summed.
+            CorruptPayloadError: No payloads, or no declared dtypes and no majority layout.
         """
         if not payloads:
             raise CorruptPayloadError("sum needs at least one payload; got none")
@@ -411,16 +426,7 @@ class CkksSum:
         for i, p in enumerate(payloads):
             with blame(i, also=_NATIVE_ERRORS):
                 opened.append(self._open_contribution(p, f"payload {i}"))
-        first = reference_layout([env for env, _ in opened])
-        for i, (env, _) in enumerate(opened):
-            if env.specs != first.specs:
-                raise ContributionError(
-                    f"payload {i} layout must match the other payloads' "
-                    f"({len(first.specs)} arrays, {first.n_values} "
-                    f"values); got {len(env.specs)} arrays, "
-                    f"{env.n_values} values",
-                    index=i,
-                )
+        first = reference_layout([env for env, _ in opened], shapes)
         context = self._bundle._context
         out: list[bytes] = []
         for j, (lo, hi) in enumerate(chunk_bounds(first.n_values, self._slots)):

@@ -11,7 +11,10 @@ TenSEAL ciphertext was accepted 16 times out of 20 and decrypted silently to val
 1e31 (``notes/he.md``). The tag key is shared by the key set's clients and coordinator
 (never by outsiders), so the coordinator rejects corrupted, truncated, spliced or injected
 payloads *before* adding them. It does not protect against a key holder that lies; the
-client-side bounds check in :mod:`fedai.crypto.ckks` is the second line of defence.
+client-side bounds check in :mod:`fedai.crypto.ckks` is the second line of defence. A key
+holder can also record any shapes and item sizes, so receivers compare them with the
+layout they declare (:func:`reference_layout`, :func:`fedai.aggregation.layout_mismatch`),
+never with a layout the contributions vote for.
 
 Layout (big-endian)::
 
@@ -25,15 +28,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedai.aggregation import agreed_layout
 from fedai.crypto.packing import FLOAT_DTYPES, ArraySpec
 from fedai.errors import CorruptPayloadError, KeyMismatchError
+
+if TYPE_CHECKING:
+    from fedai.aggregation import Shapes
 
 MAGIC = b"FEDAIENC"
 VERSION = 1
@@ -266,24 +273,33 @@ class Envelope:
         return env, body
 
 
-def reference_layout(envelopes: Sequence[Envelope]) -> Envelope:
-    """The layout most contributions carry; ties go to the widest dtypes, then the earliest.
+def reference_layout(envelopes: Sequence[Envelope], shapes: Shapes | None = None) -> Envelope:
+    """The envelope whose layout every contribution of a sum must carry.
 
-    A sum blames the contributions that differ from this one. Blaming whoever differs from
-    payload 0 would let a key holder whose payload happens to come first get every other
-    contribution dropped.
+    The reference is the declared layout ``shapes`` (the model's shapes and dtypes, as the
+    coordinator passes them), never one the contributions vote for: a key holder can tag
+    its payload with any item sizes, and with one honest contribution a tie-break toward
+    either dtype would let it get the honest one dropped and become the aggregate. Where
+    ``shapes`` declares no dtype, the contributions must agree; a strict majority blames
+    the odd ones out, a tie blames nobody (:func:`~fedai.aggregation.agreed_layout`).
+
+    Args:
+        envelopes: The contributions' envelopes, in order.
+        shapes: The declared layout, or None.
+
+    Returns:
+        The first envelope (all carry its layout).
 
     Raises:
         ValueError: No envelopes.
+        ContributionError: Envelope ``index`` differs from the declared layout (or from the
+            majority where no dtype is declared).
+        CorruptPayloadError: No dtype declared and no majority layout.
     """
     if not envelopes:
         raise ValueError("reference_layout needs at least one envelope; got none")
-    counts = Counter(env.specs for env in envelopes)
-    first_seen: dict[tuple[ArraySpec, ...], int] = {}
-    for i, env in enumerate(envelopes):
-        first_seen.setdefault(env.specs, i)
-    best = max(counts, key=lambda sp: (counts[sp], sum(s.itemsize for s in sp), -first_seen[sp]))
-    return envelopes[first_seen[best]]
+    agreed_layout([env.specs for env in envelopes], shapes)
+    return envelopes[0]
 
 
 def _scheme_name(code: int) -> str:

@@ -8,39 +8,14 @@ layer, here over the whole model so only the last ciphertext is partly empty).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from fedai.aggregation import BOUND_HINT
+# ArraySpec and FLOAT_DTYPES live in the aggregation seam (a declared layout is a list of
+# ArraySpec); re-exported here, where the packing code has always imported them from.
+from fedai.aggregation import BOUND_HINT, FLOAT_DTYPES, ArraySpec
 from fedai.errors import ConfigError
-
-#: Float dtypes a payload may record, by item size in bytes.
-FLOAT_DTYPES: dict[int, np.dtype[np.floating]] = {
-    2: np.dtype(np.float16),
-    4: np.dtype(np.float32),
-    8: np.dtype(np.float64),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ArraySpec:
-    """Shape and float item size (2, 4 or 8 bytes) of one model array."""
-
-    shape: tuple[int, ...]
-    itemsize: int
-
-    @property
-    def size(self) -> int:
-        """Number of values in the array."""
-        return math.prod(self.shape)
-
-    @property
-    def dtype(self) -> np.dtype[np.floating]:
-        """The numpy float dtype of the array."""
-        return FLOAT_DTYPES[self.itemsize]
 
 
 def flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[ArraySpec]]:

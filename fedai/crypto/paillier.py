@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gmpy2 import mpz
 
-from fedai.aggregation import blame
+from fedai.aggregation import UNDECLARED_ITEMSIZES, blame, layout_mismatch
 from fedai.crypto.envelope import (
     MAX_SUMMANDS,
     Envelope,
@@ -110,6 +110,7 @@ from fedai.errors import (
     ConfigError,
     CorruptPayloadError,
     KeyFileError,
+    LayoutMismatchError,
 )
 from fedai.schemes import KeyOption, SchemeSpec
 
@@ -467,13 +468,17 @@ class PaillierCodec:
         Args:
             payload: The coordinator's sum (or a single contribution).
             total_weight: ``N``, the sum of the summed contributions' weights.
-            shapes: The model's array shapes, in order.
+            shapes: The model's layout, in order: :class:`~fedai.aggregation.ArraySpec`
+                entries declare each array's dtype too; bare shapes accept float32 or
+                float64 (:data:`~fedai.aggregation.UNDECLARED_ITEMSIZES`).
 
         Returns:
             The int64 sums, one per model value, and the arrays' layout.
 
         Raises:
             KeyMismatchError: The payload was made under another key set.
+            LayoutMismatchError: The aggregate's shapes or dtypes are not the declared
+                ones (a relabelled dtype would cost precision).
             CorruptPayloadError: The payload is malformed or unauthenticated, ``N`` is not
                 a positive integer <= ``max_total_weight``, a ciphertext is invalid, or a
                 decrypted slot lies outside its bound (a corrupted ciphertext).
@@ -501,11 +506,9 @@ class PaillierCodec:
                 f"aggregate summand count must be <= the total weight {big_n} (every "
                 f"weight is >= 1); got {env.n_summands}"
             )
-        expected = [tuple(int(d) for d in s) for s in shapes]
-        if [s.shape for s in env.specs] != expected:
-            raise CorruptPayloadError(
-                f"aggregate shapes must be {expected}; got {[s.shape for s in env.specs]}"
-            )
+        problem = layout_mismatch(env.specs, shapes, "aggregate", undeclared=UNDECLARED_ITEMSIZES)
+        if problem is not None:
+            raise LayoutMismatchError(problem)
         counts = _blob_counts(env.n_values, self.layout)
         raw = []
         for j, (blob, c) in enumerate(zip(blobs, counts, strict=True)):
@@ -632,31 +635,38 @@ class PaillierSum:
         """Validate one client contribution before it is summed.
 
         Checks structure, key fingerprint, counts, the tag over every byte, the layout
-        against ``shapes``, and every ciphertext integer (length, range, unit mod n^2).
+        against ``shapes`` (shapes, and dtypes where declared), and every ciphertext
+        integer (length, range, unit mod n^2).
 
         Raises:
             KeyMismatchError: The payload was made under another key set.
+            LayoutMismatchError: Its shapes or dtypes are not ``shapes``'.
             CorruptPayloadError: Anything else is wrong.
         """
         env, blobs = self._open_contribution(payload, "payload")
         if shapes is not None:
-            expected = [tuple(int(d) for d in s) for s in shapes]
-            if [s.shape for s in env.specs] != expected:
-                raise CorruptPayloadError(
-                    f"payload shapes must be {expected}; got {[s.shape for s in env.specs]}"
-                )
+            problem = layout_mismatch(env.specs, shapes, "payload")
+            if problem is not None:
+                raise LayoutMismatchError(problem)
         self._ciphertexts(env, blobs, "payload")
 
-    def sum(self, payloads: Sequence[Payload]) -> Payload:
+    def sum(self, payloads: Sequence[Payload], *, shapes: Shapes | None = None) -> Payload:
         """Multiply checked contributions ciphertext by ciphertext (Paillier addition).
+
+        Args:
+            payloads: Contributions that passed :meth:`check`.
+            shapes: The model's declared layout (shapes and, as
+                :class:`~fedai.aggregation.ArraySpec`, dtypes): every contribution must
+                carry it. Without it the contributions must agree among themselves
+                (:func:`~fedai.crypto.envelope.reference_layout`).
 
         Raises:
             ContributionError: Payload ``index`` is foreign, corrupt, not a single
-                contribution, differs in layout from the others (the majority layout,
-                :func:`~fedai.crypto.envelope.reference_layout`), or holds an invalid
-                ciphertext; nothing was summed.
-            CorruptPayloadError: No payloads, or more contributions than
-                ``max_total_weight`` (their total weight could carry between slots).
+                contribution, differs from the declared layout (or, with none declared,
+                from the majority's), or holds an invalid ciphertext; nothing was summed.
+            CorruptPayloadError: No payloads, more contributions than
+                ``max_total_weight`` (their total weight could carry between slots), or no
+                declared dtypes and no majority layout.
         """
         if not payloads:
             raise CorruptPayloadError("sum needs at least one payload; got none")
@@ -671,16 +681,10 @@ class PaillierSum:
         for i, p in enumerate(payloads):
             with blame(i):
                 envelopes.append(self._open_contribution(p, f"payload {i}"))
-        first = reference_layout([env for env, _ in envelopes])
+        first = reference_layout([env for env, _ in envelopes], shapes)
         opened: list[list[mpz]] = []
         for i, (env, blobs) in enumerate(envelopes):
             with blame(i):
-                if env.specs != first.specs:
-                    raise CorruptPayloadError(
-                        f"payload {i} layout must match the other payloads' "
-                        f"({len(first.specs)} arrays, {first.n_values} values); got "
-                        f"{len(env.specs)} arrays, {env.n_values} values"
-                    )
                 opened.append(self._ciphertexts(env, blobs, f"payload {i}"))
         acc = list(opened[0])
         n2 = self._public.n2
