@@ -121,15 +121,33 @@ def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | 
     """None if this node shares and uses federated statistics; else the reason it does not.
 
     Sharing and using go together: a node that keeps its moments to itself (its policy,
-    DP) standardises with its own statistics, whatever the coordinator sends.
+    DP) standardises with its own statistics, whatever the coordinator sends. A node whose
+    operator set ``feature-bounds`` (a JSON file of ``[low, high]`` pairs) takes part only
+    if the run's ``data.feature_bounds`` lie within them: the coordinator may narrow the
+    bounds that limit one node's pull on the pooled moments, never widen them.
+
+    Raises:
+        ConfigError: the node's ``feature-bounds`` file cannot be read or parsed.
     """
     if not standardizes_here(context, cfg):
         return f"data.standardize {cfg.data.standardize!r} does not apply to this node's data"
-    if scaling.statistics_mode(cfg.data.statistics, privacy_mode=cfg.privacy.mode) != "federated":
+    mode = scaling.statistics_mode(
+        cfg.data.statistics,
+        privacy_mode=cfg.privacy.mode,
+        bounded=bool(cfg.data.feature_bounds),
+    )
+    if mode != "federated":
         return f"data.statistics {cfg.data.statistics!r} resolves to local statistics"
     refusal = policy_of(context).statistics_refusal()
     if refusal is not None:
         return refusal
+    own_bounds = str(context.node_config.get(scaling.NODE_FEATURE_BOUNDS, ""))
+    if own_bounds:
+        run_bounds = scaling.FeatureBounds.from_config(cfg.data)
+        limit = scaling.FeatureBounds.from_file(own_bounds)
+        narrowing = None if run_bounds is None else run_bounds.narrowing(limit)
+        if narrowing is not None:
+            return narrowing
     if cfg.secure_aggregation.scheme == "ckks" and cfg.secure_aggregation.flood_sigma > 0:
         # Flooding noise of sigma * BOUND on the leading limb would swamp the statistics;
         # without it the decryption would be shared unflooded: neither is acceptable.
@@ -137,18 +155,38 @@ def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | 
     return None
 
 
-def statistics_codec(context: Context, cfg: ExperimentConfig) -> tuple[ClientCodec, float]:
-    """The run's codec for statistics limbs (bound 1, one process) and its grid step."""
+def statistics_codec(
+    context: Context, cfg: ExperimentConfig
+) -> tuple[scaling.StatisticsCodec, float]:
+    """The run's codec for statistics limbs (bound 1, one process), and its grid step.
+
+    The codec carries the run's ``data.feature_bounds``, so whatever decodes the pooled
+    statistics with it (:func:`fedai.data.scaling.decode_pooled`) checks them against,
+    and clips the features to, those bounds.
+
+    Raises:
+        ConfigError: no ``data.feature_bounds`` are declared (federated statistics need
+            them).
+    """
     section = cfg.secure_aggregation
+    bounds = scaling.FeatureBounds.from_config(cfg.data)
+    if bounds is None:
+        raise ConfigError(
+            "data.statistics 'federated' needs data.feature_bounds (public [low, high] "
+            "bounds that limit what one node's moments can move); got none"
+        )
     stats = dataclasses.replace(
         section,
         update_bound=1.0,
         workers=1 if section.scheme == "paillier" else section.workers,
     )
     step = scaling.grid_step(section)
+    inner: ClientCodec
     if section.scheme == "none":  # float64 out: a float32 average would cost 7 digits
-        return PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True), step
-    return codec_of(context, cfg, section=stats), step
+        inner = PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True)
+    else:
+        inner = codec_of(context, cfg, section=stats)
+    return scaling.StatisticsCodec(inner=inner, bounds=bounds), step
 
 
 def data_for(msg: Message, context: Context, cfg: ExperimentConfig) -> ClientData:
@@ -418,11 +456,19 @@ def hello(msg: Message, context: Context) -> Message:
 @app.query("statistics")
 @guarded("statistics")
 def share_statistics(msg: Message, context: Context) -> Message:
-    """Federated statistics: this node's training-split moments, encoded with the scheme.
+    """Federated statistics: share this node's training-split moments, or check the sum.
 
     Replies ``declined`` (with the setting that decides it, never data) when the node does
-    not share; else the limbs of its per-feature mean and mean square
-    (:func:`fedai.data.scaling.share`) encoded with weight ``n`` = its training count.
+    not share; else the limbs of its per-feature normalised mean and mean square (features
+    clipped to ``data.feature_bounds``, :func:`fedai.data.scaling.moments`) encoded with
+    weight ``n`` = its training count.
+
+    A message that carries the sum (:data:`~fedai.federation.keys.REC_STATISTICS`, sent
+    to the contributors under CKKS or Paillier, where the coordinator cannot check it)
+    asks the node to check it before round 1: the pooled moments and, since this node is
+    in the sum, the rest without its own must pass
+    :func:`fedai.data.scaling.check_moments`. The reply is ``ok`` or ``rejected`` naming
+    the error type and the failed check only (never a value).
     """
     cfg = experiment_of(msg)
     cid = client_id_of(context)
@@ -434,19 +480,49 @@ def share_statistics(msg: Message, context: Context) -> Message:
         return status_reply(msg, keys.STATUS_DECLINED, reason, cid)
     raw, _ = raw_data_of(context, cfg)
     codec, step = statistics_codec(context, cfg)
+    record = msg.content.array_records.get(keys.REC_STATISTICS)
     try:
-        limbs = scaling.share(scaling.moments(raw.x_train), step=step)
-        payload = codec.encode([limbs], float(len(raw.y_train)))
+        own = scaling.moments(raw.x_train, bounds=codec.bounds)
+        payload = codec.encode_moments(own, step=step) if record is None else []
     except (ConfigError, DataError) as err:  # the detail stays in the node's log
         logger.warning("client %s cannot share feature statistics: %s", cid, err)
         return status_reply(
             msg, keys.STATUS_DECLINED, f"statistics cannot be encoded: {type(err).__name__}", cid
         )
+    if record is not None:  # the sum, to check before anyone standardises with it
+        config = msg.content.config_records[keys.REC_CONFIG]
+        try:
+            weight = as_float(
+                config.get(keys.KEY_STATISTICS_WEIGHT),
+                what=keys.KEY_STATISTICS_WEIGHT,
+                lo=0.0,
+                hi=scaling.MAX_TOTAL_COUNT,
+            )
+            scaling.decode_pooled(
+                codec,
+                record_to_payload(record),
+                total_count=weight,
+                own_count=own.count,
+                sample_shape=raw.input_shape,
+                step=step,
+                own=own,
+            )
+        except (CorruptPayloadError, KeyMismatchError, ProtocolError) as err:
+            _log_failure(cid, "statistics", err, "client %s refuses the statistics: %s: %s")
+            check = err.check if isinstance(err, scaling.StatisticsBoundsError) else ""
+            detail = f" ({check})" if check else ""
+            return status_reply(
+                msg,
+                keys.STATUS_REJECTED,
+                f"statistics rejected: {type(err).__name__}{detail}",
+                cid,
+            )
+        return status_reply(msg, keys.STATUS_OK, "the pooled statistics pass", cid)
     return Message(
         RecordDict(
             {
                 keys.REC_ARRAYS: payload_to_record(payload),
-                keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: len(raw.y_train)}),
+                keys.REC_METRICS: MetricRecord({keys.KEY_NUM_EXAMPLES: own.count}),
                 keys.REC_FEDAI: ConfigRecord(
                     {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
                 ),

@@ -154,8 +154,21 @@ class DataSection:
     their count, per-feature mean and mean square, encoded with the run's scheme; the
     coordinator only sums them); ``local``: the node's own training split (nothing
     leaves the node, but label-skewed nodes then disagree on the feature axes);
-    ``auto`` (default): ``federated`` when ``privacy.mode`` is ``none``, else ``local``
-    (the shared moments are not differentially private).
+    ``auto`` (default): ``federated`` when ``privacy.mode`` is ``none`` and
+    ``feature_bounds`` are declared, else ``local`` (the shared moments are not
+    differentially private, and without bounds one node's moments could move the pooled
+    ones arbitrarily far). ``federated`` needs ``feature_bounds``.
+
+    ``feature_bounds``: the public per-feature bounds every node clips its features to
+    before sharing moments and before standardising with the pooled ones, as JSON text:
+    one ``[low, high]`` pair for every feature, or a list of pairs, one per (flattened)
+    feature, each ``low < high``. One node can then move the pooled mean of a feature by
+    at most its weight share times ``high - low`` (:mod:`fedai.data.scaling`). Empty
+    (default): none declared.
+
+    ``max_statistics_weight_share``: the coordinator leaves out of the federated
+    statistics any node whose announced training count exceeds this share of the
+    contributors' total (1.0, the default: no cap). Counts are announced, not proven.
     """
 
     dataset: str = "digits"
@@ -166,6 +179,8 @@ class DataSection:
     label_column: str = "label"
     standardize: StandardizeMode = "auto"
     statistics: StatisticsMode = "auto"
+    feature_bounds: str = ""
+    max_statistics_weight_share: float = 1.0
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     synthetic_dim: int = 60
@@ -206,9 +221,33 @@ class DataSection:
             out += _problems_unused(
                 "data",
                 self,
-                ("statistics",),
+                ("statistics", "feature_bounds", "max_statistics_weight_share"),
                 applies="when features are standardised, not with data.standardize 'none'",
             )
+        elif self.statistics == "local":
+            out += _problems_unused(
+                "data",
+                self,
+                ("feature_bounds", "max_statistics_weight_share"),
+                applies="to federated statistics, not with data.statistics 'local'",
+            )
+        if self.feature_bounds:
+            try:
+                self.parse_feature_bounds(self.feature_bounds, what="data.feature_bounds")
+            except ConfigError as err:
+                out += err.problems
+        elif self.statistics == "federated":
+            out.append(
+                "data.statistics 'federated' needs data.feature_bounds (public [low, high] "
+                "bounds that limit what one node's moments can move); got none"
+            )
+        out += _problems_range(
+            "data.max_statistics_weight_share",
+            self.max_statistics_weight_share,
+            0,
+            1,
+            lo_open=True,
+        )
         if self.dataset == "synthetic":  # options with no effect are refused
             out += _problems_unused(
                 "data",
@@ -237,6 +276,56 @@ class DataSection:
                     applies=f"to data.partition 'shards', not {self.partition!r}",
                 )
         return out
+
+    @staticmethod
+    def parse_feature_bounds(text: str, *, what: str) -> tuple[tuple[float, float], ...]:
+        """Parse feature bounds (``data.feature_bounds``, a node's ``feature-bounds`` file).
+
+        Args:
+            text: JSON: one ``[low, high]`` pair (every feature) or a list of them (one
+                per feature), finite numbers with ``low < high``.
+            what: Names the setting in messages.
+
+        Returns:
+            The pairs (one pair: it applies to every feature).
+
+        Raises:
+            ConfigError: not JSON, not that shape, or a pair that is not finite and
+                increasing (every problem at once).
+        """
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{what} must be JSON [low, high] or [[low, high], ...]; got {text[:40]!r} "
+                f"({err.msg})"
+            ) from err
+
+        def number(v: object) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool)
+
+        def is_pair(v: object) -> bool:
+            return isinstance(v, list) and len(v) == 2 and all(number(x) for x in v)
+
+        if is_pair(value):
+            pairs = [value]
+        elif isinstance(value, list) and value and all(is_pair(v) for v in value):
+            pairs = value
+        else:
+            raise ConfigError(
+                f"{what} must be one [low, high] pair or a non-empty list of them; "
+                f"got {text[:40]!r}"
+            )
+        problems = [
+            f"{what} pair {i} must be finite with low < high and |values| <= 1e12; "
+            f"got [{lo!r}, {hi!r}]"
+            for i, (lo, hi) in enumerate(pairs)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi)
+            or max(abs(lo), abs(hi)) > 1e12
+        ]
+        if problems:
+            raise ConfigError(problems)
+        return tuple((float(lo), float(hi)) for lo, hi in pairs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

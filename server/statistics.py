@@ -1,27 +1,39 @@
 """Federated feature statistics: the coordinator's stage between discovery and round 1.
 
 When ``data.standardize`` applies to some node's data (it says so in discovery) and
-``data.statistics`` resolves to ``federated`` (:func:`fedai.data.scaling.statistics_mode`),
-the coordinator asks those nodes once for their training split's moments
-(:data:`~fedai.federation.keys.MSG_STATISTICS`). A node that shares replies with its
-count ``n_i`` and the limbs of its per-feature mean and mean square, encoded with the run's
-scheme and weighted by ``n_i`` (:func:`fedai.data.scaling.share`); one that does not
-(its policy, DP) replies ``declined``. The coordinator checks every reply structurally
-(:meth:`SecureSum.check`, the count against what the node announced) and only **adds**
-the usable ones, as it adds model updates: under CKKS or Paillier it never sees one
-node's moments; in the clear it sees what the plaintext model updates would reveal anyway.
+``data.statistics`` resolves to ``federated`` (:func:`fedai.data.scaling.statistics_mode`:
+no DP, and public ``data.feature_bounds`` declared), the coordinator asks those nodes once
+for their training split's moments (:data:`~fedai.federation.keys.MSG_STATISTICS`). A
+node that shares replies with its count ``n_i`` and the limbs of its per-feature mean and
+mean square of features clipped to the bounds and mapped to [0, 1], encoded with the run's
+scheme and weighted by ``n_i`` (:func:`fedai.data.scaling.share`); one that does not (its
+policy, DP, bounds wider than its own ``feature-bounds``) replies ``declined``. The
+coordinator checks every reply structurally (:meth:`SecureSum.check`, the count against
+what the node announced), leaves out nodes whose count exceeds
+``data.max_statistics_weight_share`` of the total, and only **adds** the usable ones, as
+it adds model updates: under CKKS or Paillier it never sees one node's moments; in the
+clear it sees what the plaintext model updates would reveal anyway.
+
+What is checked where (:func:`fedai.data.scaling.check_moments`: mean within the bounds,
+``0 <= variance <= (high - mean)(mean - low)``, Bhatia & Davis 2000):
+
+* In the clear the coordinator checks each node's moments alone and leaves a failing
+  node out (recorded under ``failures``): every moment in the sum is then valid, and one
+  node moves a pooled mean by at most ``n_i / N`` of the feature's range.
+* Under CKKS or Paillier it cannot; it sends the sum to the contributors, each checks the
+  pooled moments and the rest of the sum without its own, and if any refuses, the run's
+  statistics become ``local`` for every node (``refused`` names who and which check,
+  ``reason`` says so). The run goes on. A contribution outside the bounds is then caught
+  only if the sum shows it: an encrypted contribution has no range check of its own.
+* Every node checks the sum again before it standardises (:func:`fedai.data.scaling.
+  pooled`); a coordinator that skipped the stage's checks would see its rounds rejected.
 
 The sum and its total weight then travel with every train and evaluate message
 (:data:`~fedai.federation.keys.REC_STATISTICS`; stateless nodes, restarts and resumed runs
 all see the same statistics), and are saved in the checkpoint. Fewer usable replies than two,
 or than ``secure_aggregation.min_contributors`` if that is more (a sum of one would be
 that node's moments, sent to every node), means no federated statistics: every node uses
-its own, logged once. In the clear each node's moments are also checked alone (bounds,
-finite, variance >= 0), so one bad node loses its own place in the sum, not the run's
-statistics; under CKKS or Paillier only the nodes can check, and only the sum: a
-key-holding node can still skew it within the bounds, as it can skew a model update
-(docs/threat_model.md).
-Nodes validate the aggregate before use (:func:`fedai.data.scaling.pooled`).
+its own, logged once.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from flwr.app import ArrayRecord
 from fedai.aggregation import Payload, PlainCodec, SecureSum
 from fedai.config import ExperimentConfig, SecureAggregationSection
 from fedai.data import scaling
-from fedai.errors import ContributionError, ProtocolError
+from fedai.errors import ConfigError, ContributionError, ProtocolError
 from fedai.federation import keys
 from fedai.federation.records import as_int, payload_to_record, reply_payload
 from server.transport import ClientInfo, Transport, clip_text
@@ -45,6 +57,12 @@ logger = logging.getLogger(__name__)
 
 #: A sum of one node's moments would be that node's moments, sent to every node.
 MIN_STATISTICS_CONTRIBUTORS = 2
+#: The per-client notes of :class:`Statistics` (client id -> reason), as in results.json.
+_NOTES = ("declined", "failures", "refused", "unverified")
+#: Where the moments were checked (:attr:`Statistics.checked`).
+CHECKED_EACH_NODE = "each node"
+CHECKED_SUM = "sum"
+_CHECKED = (CHECKED_EACH_NODE, CHECKED_SUM)
 
 
 @dataclass(slots=True)
@@ -60,6 +78,11 @@ class Statistics:
         reason: Why ``local`` (empty otherwise).
         declined: Client id -> why it did not share.
         failures: Client id -> why its reply was not used.
+        checked: Where the moments were checked: ``each node`` (the coordinator, in the
+            clear) or ``sum`` (the contributors, under HE); empty before a sum exists.
+        refused: Client id -> why it refused the sum (under HE; any refusal makes the
+            statistics local).
+        unverified: Client id -> why a contributor gave no verdict on the sum.
     """
 
     mode: str
@@ -69,6 +92,9 @@ class Statistics:
     reason: str = ""
     declined: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    checked: str = ""
+    refused: dict[str, str] = field(default_factory=dict)
+    unverified: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` view (no payload)."""
@@ -77,12 +103,14 @@ class Statistics:
             out["contributors"] = len(self.contributors)
             out["clients"] = list(self.contributors)
             out["total_count"] = self.total_weight
+        if self.checked:
+            out["checked"] = self.checked
         if self.reason:
             out["reason"] = self.reason
-        if self.declined:
-            out["declined"] = dict(self.declined)
-        if self.failures:
-            out["failures"] = dict(self.failures)
+        for key in _NOTES:
+            notes: dict[str, str] = getattr(self, key)
+            if notes:
+                out[key] = dict(notes)
         return out
 
     @classmethod
@@ -105,22 +133,28 @@ class Statistics:
         if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
             raise ValueError("clients must be a list of client ids")
         reason = view.get("reason", "")
-        notes: list[dict[str, str]] = []
-        for key in ("declined", "failures"):
+        checked = view.get("checked", "")
+        if checked not in ("", *_CHECKED):
+            raise ValueError(f"checked must be one of {', '.join(_CHECKED)}; got {checked!r}")
+        notes: dict[str, dict[str, str]] = {}
+        for key in _NOTES:
             value = view.get(key, {})
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
                 raise ValueError(f"{key} must map client ids to reasons")
-            notes.append(dict(value))
+            notes[key] = dict(value)
         return cls(
             mode=str(mode),
             payload=payload,
             total_weight=float(total_weight),
             contributors=list(ids),
             reason=str(reason),
-            declined=notes[0],
-            failures=notes[1],
+            checked=str(checked),
+            declined=notes["declined"],
+            failures=notes["failures"],
+            refused=notes["refused"],
+            unverified=notes["unverified"],
         )
 
     def attach(self, transport: Transport) -> None:
@@ -137,21 +171,101 @@ def _check_plain(
     sample_shape: tuple[int, ...],
     step: float,
     section: SecureAggregationSection,
+    bounds: scaling.FeatureBounds,
 ) -> None:
     """One node's plaintext moments, checked as the nodes check the sum (``scheme = "none"``).
 
     In the clear the coordinator sees each contribution anyway, so a node's limbs beyond
-    the bound, non-finite values or a negative variance cost that node its place in the
-    sum here, instead of every node rejecting the pooled statistics for the whole run.
-    Under CKKS or Paillier only the nodes can check, and only the sum.
+    the bound, non-finite values, or moments outside the declared bounds (a mean outside
+    them, a negative variance or one above the Bhatia-Davis bound) cost that node its
+    place in the sum here, instead of every node rejecting the pooled statistics for the
+    whole run. Under CKKS or Paillier only the nodes can check, and only the sum.
 
     Raises:
         CorruptPayloadError: the contribution fails :func:`fedai.data.scaling.pooled`'s checks.
     """
-    codec = PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True)
+    codec = scaling.StatisticsCodec(
+        inner=PlainCodec(bound=1.0, round_decimals=section.round_decimals, float64=True),
+        bounds=bounds,
+    )
     scaling.decode_pooled(
         codec, payload, total_count=count, own_count=count, sample_shape=sample_shape, step=step
     )
+
+
+def _cap_weight_share(good: list[tuple[str, Payload, int]], cap: float, out: Statistics) -> None:
+    """Leave out, largest first, every node whose count exceeds ``cap`` of the total.
+
+    A node's pull on the pooled moments is its weight share ``n_i / N``; the count is
+    announced, not proven (``data.max_statistics_weight_share``; 1.0 caps nothing).
+    """
+    while cap < 1.0 and good:
+        total = sum(n for _, _, n in good)
+        j = max(range(len(good)), key=lambda i: good[i][2])
+        share = good[j][2] / total
+        if share <= cap:
+            return
+        out.failures[good[j][0]] = (
+            f"training count share {share:.3g} exceeds data.max_statistics_weight_share {cap:g}"
+        )
+        del good[j]
+
+
+def _verify(
+    transport: Transport,
+    clients: dict[int, ClientInfo],
+    contributors: list[int],
+    payload: Payload,
+    out: Statistics,
+) -> None:
+    """Under HE: every contributor checks the sum; any refusal makes the statistics local.
+
+    The sum is exactly what every node would receive with round 1, so a bad one is caught
+    once, here, instead of every node rejecting every round. A contributor that gives no
+    verdict (no reply, an error) is recorded under ``unverified``; it checks again before
+    it standardises.
+    """
+    replies = transport.send(
+        contributors,
+        keys.MSG_STATISTICS,
+        0,
+        ArrayRecord(),
+        {keys.KEY_STATISTICS_WEIGHT: float(out.total_weight)},
+        records={keys.REC_STATISTICS: payload_to_record(payload)},
+    )
+    for nid in contributors:
+        cid = clients[nid].client_id
+        reply = replies.get(nid)
+        if reply is None:
+            out.unverified[cid] = f"no reply within {transport.timeout:g} s"
+            continue
+        if reply.has_error():
+            out.unverified[cid] = clip_text(reply.error.reason or f"error code {reply.error.code}")
+            continue
+        try:
+            rec = transport.fedai_record(reply)
+        except Exception as err:  # a malformed verdict is no verdict
+            out.unverified[cid] = f"{type(err).__name__}: {clip_text(err)}"
+            continue
+        status = str(rec.get(keys.KEY_STATUS, ""))
+        if status == keys.STATUS_REJECTED:
+            out.refused[cid] = clip_text(rec.get(keys.KEY_REASON, status))
+        elif status != keys.STATUS_OK:
+            out.unverified[cid] = clip_text(rec.get(keys.KEY_REASON, status or "no status"))
+    out.checked = CHECKED_SUM
+    if out.refused:
+        out.mode = "local"
+        out.payload = None
+        out.reason = (
+            f"{len(out.refused)} of {len(contributors)} contributor(s) refused the pooled "
+            "statistics (a contribution outside data.feature_bounds): every node uses its own "
+            "training split's statistics"
+        )
+        for cid, why in sorted(out.refused.items()):
+            logger.warning("federated statistics refused by client %s: %s", cid, why)
+        logger.warning("federated statistics: %s", out.reason)
+    for cid, why in sorted(out.unverified.items()):
+        logger.warning("federated statistics: client %s gave no verdict: %s", cid, why)
 
 
 def gather(
@@ -163,29 +277,50 @@ def gather(
     """Run the statistics stage (see the module docstring); never raises for a bad node.
 
     Raises:
-        ConfigError: ``data.statistics`` is ``federated`` with DP on (already refused when
-            the config is built).
+        ConfigError: ``data.statistics`` is ``federated`` with DP on or without bounds
+            (already refused when the config is built).
     """
     standardizing = sorted(nid for nid, c in clients.items() if c.standardizes)
     if not standardizing:
         return Statistics(mode="none")
-    mode = scaling.statistics_mode(cfg.data.statistics, privacy_mode=cfg.privacy.mode)
+    data = cfg.data
+    mode = scaling.statistics_mode(
+        data.statistics, privacy_mode=cfg.privacy.mode, bounded=bool(data.feature_bounds)
+    )
     if mode == "local":
+        why = (
+            f"privacy.mode {cfg.privacy.mode!r}"
+            if cfg.privacy.mode != "none"
+            else "no data.feature_bounds (without public bounds one node's moments could "
+            "move the pooled ones arbitrarily)"
+        )
         return Statistics(
             mode="local",
-            reason=f"data.statistics {cfg.data.statistics!r} with privacy.mode "
-            f"{cfg.privacy.mode!r}: every node uses its own training split's statistics",
+            reason=f"data.statistics {data.statistics!r} with {why}: every node uses its own "
+            "training split's statistics",
         )
     first = clients[standardizing[0]]
+    bounds = scaling.FeatureBounds.from_config(data)
+    num_features = math.prod(first.input_shape)
+    try:
+        if bounds is None:  # statistics_mode resolved federated: bounds are declared
+            raise ConfigError("data.feature_bounds must be declared; got none")
+        bounds.arrays(num_features)
+    except ConfigError as err:
+        reason = f"{err}: every node uses its own training split's statistics"
+        logger.warning("federated statistics: %s", reason)
+        return Statistics(mode="local", reason=reason)
     section = cfg.secure_aggregation
     step = scaling.grid_step(section)
-    shapes = scaling.shapes_of(math.prod(first.input_shape), step=step)
+    shapes = scaling.shapes_of(num_features, step=step)
     replies = transport.send(standardizing, keys.MSG_STATISTICS, 0, ArrayRecord(), {})
     out = Statistics(mode="federated")
     good: list[tuple[str, Payload, int]] = []
+    nid_of: dict[str, int] = {}
     for nid in standardizing:
         client = clients[nid]
         cid = client.client_id
+        nid_of[cid] = nid
         reply = replies.get(nid)
         if reply is None:
             out.failures[cid] = f"no reply within {transport.timeout:g} s"
@@ -215,11 +350,12 @@ def gather(
                 hi=client.num_train,
             )
             if section.scheme == "none":  # in the clear: each node's moments checked alone
-                _check_plain(payload, count, first.input_shape, step, section)
+                _check_plain(payload, count, first.input_shape, step, section, bounds)
         except Exception as err:  # one bad reply costs only that node's contribution
             out.failures[cid] = f"{type(err).__name__}: {clip_text(err)}"
             continue
         good.append((cid, payload, count))
+    _cap_weight_share(good, data.max_statistics_weight_share, out)
     need = max(MIN_STATISTICS_CONTRIBUTORS, cfg.secure_aggregation.min_contributors)
     while len(good) >= need and good:
         try:
@@ -245,6 +381,13 @@ def gather(
         return out
     out.contributors = [cid for cid, _, _ in good]
     out.total_weight = float(sum(n for _, _, n in good))
+    if section.scheme == "none":
+        out.checked = CHECKED_EACH_NODE
+    else:
+        nids = [nid_of[cid] for cid in out.contributors]
+        _verify(transport, clients, nids, out.payload, out)
+        if out.mode != "federated":
+            return out
     logger.info(
         "federated statistics from %d of %d node(s) (%g training samples)",
         len(good),

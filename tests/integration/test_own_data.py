@@ -3,8 +3,9 @@
 Before, the file's raw features (``mean area`` reaches ~2500) drove the model past
 ``secure_aggregation.update_bound`` and every round failed, even in plaintext. Now file
 sources are standardised (``data.standardize = "auto"``) with statistics pooled over every
-client's training split (``data.statistics = "auto"``: federated without DP; the clients
-share encoded moments, the coordinator only sums them). Most cases use a small IID
+client's training split (``data.statistics = "auto"``: federated without DP and with
+declared ``data.feature_bounds``; the clients share encoded moments, the coordinator only
+sums them). Most cases use a small IID
 federation (5 clients); the must-hold cases use every default (10 clients, Dirichlet(0.5)
 label skew), in the clear and under CKKS. Per-client statistics cannot align clients whose
 label mixes differ: that case stays below 0.93, as the last test records.
@@ -33,6 +34,8 @@ from server.rounds import RunOutcome
 pytestmark = pytest.mark.integration
 
 NUM_CLIENTS = 5
+#: Declared feature bounds: every breast cancer feature lies in [0, 5000] (worst area 4254).
+BOUNDS = "[0, 5000]"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,12 @@ def own_data(path: Path, **data: Any) -> ExperimentConfig:
     """Default settings on ``csv:path``, in a small IID federation."""
     return ExperimentConfig.from_mapping(
         {
-            "data": {"dataset": f"csv:{path}", "partition": "iid", **data},
+            "data": {
+                "dataset": f"csv:{path}",
+                "partition": "iid",
+                **({"feature_bounds": BOUNDS} if data.get("standardize") != "none" else {}),
+                **data,
+            },
             "experiment": {"num_clients": NUM_CLIENTS, "clients_per_round": NUM_CLIENTS},
         }
     )
@@ -154,7 +162,9 @@ def test_real_nodes_standardise_their_own_files(breast_cancer_csv: Path, tmp_pat
 
 @pytest.fixture(scope="module")
 def default_run(breast_cancer_csv: Path) -> Any:
-    cfg = ExperimentConfig.from_mapping({"data": {"dataset": f"csv:{breast_cancer_csv}"}})
+    cfg = ExperimentConfig.from_mapping(
+        {"data": {"dataset": f"csv:{breast_cancer_csv}", "feature_bounds": BOUNDS}}
+    )
     return simulate(cfg, verbose=False)
 
 
@@ -171,7 +181,7 @@ def test_own_csv_with_every_default_setting_under_ckks(
 ) -> None:
     cfg = ExperimentConfig.from_mapping(
         {
-            "data": {"dataset": f"csv:{breast_cancer_csv}"},
+            "data": {"dataset": f"csv:{breast_cancer_csv}", "feature_bounds": BOUNDS},
             "secure_aggregation": {"scheme": "ckks", "key_dir": str(key_dir)},
         }
     )

@@ -166,13 +166,23 @@ def csv_config(path, **data):
     )
 
 
-def test_file_sources_are_standardised_with_pooled_statistics_by_default(big_csv):
+def test_file_sources_are_standardised_with_own_statistics_without_declared_bounds(big_csv):
     path, _ = big_csv
 
     clients = load_federated(csv_config(path))
+
+    # data.statistics "auto" without data.feature_bounds: local (no bound on one node's pull)
+    assert all(abs(float(c.x_train[:, 0].mean())) < 1e-5 for c in clients)
+
+
+def test_file_sources_are_standardised_with_pooled_statistics_when_federated(big_csv):
+    path, _ = big_csv
+    wide = {"statistics": "federated", "feature_bounds": "[-10000, 10000]"}  # clips nothing
+
+    clients = load_federated(csv_config(path, **wide))
     raw = load_federated(csv_config(path, standardize="none"))
 
-    # data.statistics "auto" without DP: every client's training split pooled
+    # every client's training split pooled
     x_all = np.concatenate([c.x_train for c in raw]).astype(np.float64)
     mean, std = x_all.mean(axis=0), x_all.std(axis=0)
     for scaled, plain in zip(clients, raw, strict=True):
@@ -238,7 +248,7 @@ def test_npz_sources_are_standardised_too(tmp_path):
 
     clients = load_federated(cfg)
 
-    # pooled statistics (the default without DP): all training rows centred and scaled
+    # all training rows centred and scaled (local statistics: the default without bounds)
     rows = np.concatenate([c.x_train for c in clients]).astype(np.float64)
     assert np.abs(rows.mean(axis=0)).max() < 1e-4
     np.testing.assert_allclose(rows.std(axis=0), 1.0, atol=1e-4)
