@@ -30,6 +30,9 @@ Node-config keys (all optional):
                            a larger requested budget is refused.
 ``max-num-sampled``        The largest ``num-sampled`` the node accepts (user-level DP
                            noise share is sigma / sqrt(num-sampled)).
+``feature-bounds``        A JSON file of public ``[low, high]`` feature bounds
+                           (:class:`fedai.data.scaling.FeatureBounds`): the node takes part
+                           in federated statistics only if the run's bounds lie within it.
 ``share-statistics``      ``true`` (default) | ``false``: whether the node contributes its
                            training split's feature moments to federated standardisation
                            (``data.statistics``). A node that does not share (also any node

@@ -139,18 +139,21 @@ def load_federated(cfg: ExperimentConfig, *, standardize: bool | None = None) ->
         cfg: The experiment config.
         standardize: ``None`` (default): as ``data.standardize`` and ``data.statistics``
             say: with federated statistics, every client with the statistics of all
-            training splits pooled (what the federation's statistics stage computes, up to
-            its 1e-12 encoding precision); with local ones, each client with its own
+            training splits pooled, clipped to ``data.feature_bounds`` (what the
+            federation's statistics stage computes, up to its encoding precision); with local ones, each client with its own
             training split's; ``False``: the raw splits.
 
     Raises:
         DataError: unreadable source. PartitionError: a client would get too few samples.
     """
     if standardize is None and standardizes(cfg.data):
-        mode = scaling.statistics_mode(cfg.data.statistics, privacy_mode=cfg.privacy.mode)
+        bounds = scaling.FeatureBounds.from_config(cfg.data)
+        mode = scaling.statistics_mode(
+            cfg.data.statistics, privacy_mode=cfg.privacy.mode, bounded=bounds is not None
+        )
         if mode == "federated":
             raw = load_federated(cfg, standardize=False)
-            scaler = scaling.fit(np.concatenate([c.x_train for c in raw]))
+            scaler = scaling.fit(np.concatenate([c.x_train for c in raw]), bounds=bounds)
             return [_scaled(c, scaler) for c in raw]
     data, exp = cfg.data, cfg.experiment
     seed = exp.seed

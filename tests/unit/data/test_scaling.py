@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedai.config import DataSection, ExperimentConfig
-from fedai.data import load_federated, load_local_file, split_train_test
+from fedai.data import NodeReading, load_federated, load_local_file, split_train_test
 from fedai.data.scaling import Standardizer, fit, resolve
 from fedai.errors import ConfigError, DataError
 
@@ -220,12 +220,8 @@ def test_none_leaves_file_data_untouched(big_csv):
 
 def test_a_real_nodes_file_follows_the_same_rule(big_csv):
     path, x = big_csv
-    data = DataSection(dataset="digits")  # the coordinator's dataset does not matter on a node
-
-    auto = load_local_file(str(path), client_id="org-a", data=data, seed=0)
-    off = load_local_file(
-        str(path), client_id="org-a", data=DataSection(standardize="none"), seed=0
-    )
+    auto = load_local_file(str(path), client_id="org-a")  # the node's default: "auto"
+    off = load_local_file(str(path), client_id="org-a", reading=NodeReading(standardize="none"))
 
     x_tr = off.x_train.astype(np.float64)
     np.testing.assert_allclose(auto.x_train, (x_tr - x_tr.mean(0)) / x_tr.std(0), atol=1e-5)
