@@ -538,7 +538,9 @@ def train(msg: Message, context: Context) -> Message:
     """Decode the global model, train locally (DP-SGD if configured), reply encoded.
 
     With privacy on, the client first opens its ledger (never reset); if the round would
-    pass its budget it refuses with the reason instead of training.
+    pass its budget, or the ledger holds less than the coordinator's checkpointed view of
+    it (lost or replaced), it refuses with the reason instead of training. A message
+    without a run id or a round is refused (ProtocolError) in every privacy mode.
     """
     cfg = experiment_of(msg)
     cid = client_id_of(context)
@@ -546,6 +548,7 @@ def train(msg: Message, context: Context) -> Message:
     policy = policy_of(context)
     # Untrusted numbers from the coordinator: checked before anything trains.
     round_ = as_int(config.get(keys.KEY_SERVER_ROUND), what="server round", lo=1, hi=10**9)
+    run = RunRef.from_config(config, round_=round_)  # mandatory in every privacy mode
     num_sampled = as_int(config.get(keys.KEY_NUM_SAMPLED, 1), what="num-sampled", lo=1, hi=10**9)
     refused = policy.violations(cfg, num_sampled=num_sampled)
     if refused:
@@ -576,11 +579,14 @@ def train(msg: Message, context: Context) -> Message:
         )
         weights, weight = get_weights(model), float(n)
     else:
+        from fedai.errors import LedgerContinuityError  # (imports are shared with other work)
+
         store = LedgerStore(context, cid)
-        run = RunRef.from_config(config, round_=round_)
-        ledger = store.open(
-            cfg, num_samples=n, budget_epsilon=policy.budget(cfg.privacy.budget_epsilon), run=run
-        )
+        budget = policy.budget(cfg.privacy.budget_epsilon)
+        try:
+            ledger = store.open(cfg, num_samples=n, budget_epsilon=budget, run=run)
+        except LedgerContinuityError as err:  # lost or replaced: never train from zero
+            return status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
         global_weights = get_weights(model)
         try:
             loss, sigma = train_private(
@@ -601,18 +607,20 @@ def train(msg: Message, context: Context) -> Message:
             logger.warning("client %s does not train: %s", cid, err)
             reply = status_reply(msg, keys.STATUS_ALREADY_CHARGED, str(err), cid)
             reply.content.config_records[keys.REC_FEDAI][keys.KEY_PRIVACY] = privacy_report(
-                ledger, noise_multiplier=None
+                ledger, noise_multiplier=None, run_id=run.run_id
             )
             return reply
         except PrivacyBudgetExceededError as err:
             store.save(ledger)  # persist the exhausted mark with the unchanged history
             reply = status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
             reply.content.config_records[keys.REC_FEDAI][keys.KEY_PRIVACY] = privacy_report(
-                ledger, noise_multiplier=None
+                ledger, noise_multiplier=None, run_id=run.run_id
             )
             return reply
         store.save(ledger)
-        fedai_rec[keys.KEY_PRIVACY] = privacy_report(ledger, noise_multiplier=sigma)
+        fedai_rec[keys.KEY_PRIVACY] = privacy_report(
+            ledger, noise_multiplier=sigma, run_id=run.run_id
+        )
         weights, weight = get_weights(model), float(n)
         if cfg.privacy.mode == "local+user":
             weights, _info = user_level_contribution(

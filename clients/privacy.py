@@ -10,13 +10,21 @@ Coordinator crashes: every train message names the run (:class:`RunRef`: run id,
 coordinator's session, and the round it resumed after). The ledger records the run id
 with each charge, marks the rounds a resumed coordinator lost, and refuses to charge the
 same (run id, round) twice (:meth:`fedai.privacy.ledger.PrivacyLedger.start_round` says
-why: a second training is a second, real privacy cost).
+why: a second training is a second, real privacy cost). A train message without a run id
+is refused (:class:`~fedai.errors.ProtocolError`), whatever the privacy mode.
+
+Lost ledgers: a train message also carries the coordinator's checkpointed view of this
+client's ledger (rounds of the run it saw charged, the epsilon last reported). A ledger
+that holds less, or less than its own high-water mark on disk, was lost or replaced: the
+node refuses to train (:class:`~fedai.errors.LedgerContinuityError`) rather than start
+its epsilon again from zero. A view lower than the ledger changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +37,10 @@ from torch import nn
 
 from fedai.config import ExperimentConfig
 from fedai.data import ClientData
-from fedai.errors import PolicyViolationError, ProtocolError
+from fedai.errors import LedgerContinuityError, LedgerError, PolicyViolationError, ProtocolError
 from fedai.federation import keys
-from fedai.federation.records import as_int
+from fedai.federation.records import as_float, as_int
+from fedai.fileio import atomic_write
 from fedai.policy import NodePolicy
 from fedai.privacy.accounting import resolve_delta
 from fedai.privacy.dpsgd import planned_event, private_round
@@ -45,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 STATE_LEDGER = "fedai.ledger"  # Context.state ConfigRecord holding the ledger JSON
 LEDGER_FILE = "ledger-{client_id}.json"
+LEDGER_MARK_FILE = "ledger-{client_id}.mark"  # its high-water mark (entries it has held)
+LEDGER_MARK_FORMAT = "fedai.ledger-mark"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +72,29 @@ class RunRef:
     run_id: str
     session: str
     resumed_after: int
+    seen_charges: int = 0
+    seen_epsilon: float = 0.0
 
     @classmethod
-    def from_config(cls, config: Mapping[str, object], *, round_: int) -> RunRef | None:
-        """Parse a train message's config; None if the coordinator names no run.
+    def from_config(cls, config: Mapping[str, object], *, round_: int) -> RunRef:
+        """Parse a train message's config: the run is mandatory, in every privacy mode.
+
+        Without a run id a client cannot claim a round once: a re-sent round would be
+        trained and charged again. ``seen_charges`` / ``seen_epsilon`` are the
+        coordinator's checkpointed view of this client's ledger
+        (:data:`~fedai.federation.keys.KEY_SEEN_CHARGES`,
+        :data:`~fedai.federation.keys.KEY_SEEN_EPSILON`; 0 when it sends none).
 
         Raises:
-            ProtocolError: a run id or session that is not a short printable string, or
-                a ``resumed-after`` that is not a round before ``round_``.
+            ProtocolError: no run id; a run id or session that is not a short printable
+                string; a ``resumed-after`` that is not a round before ``round_``; a view
+                that is not a count / a finite epsilon >= 0.
         """
         if keys.KEY_RUN_ID not in config:
-            return None
+            raise ProtocolError(
+                f"train message must carry {keys.KEY_RUN_ID!r} (the coordinator's run id) "
+                f"beside round {round_}; it does not, so the round cannot be claimed once"
+            )
         run_id, session = config[keys.KEY_RUN_ID], config.get(keys.KEY_RUN_SESSION, "")
         for key, value, empty_ok in (
             (keys.KEY_RUN_ID, run_id, False),
@@ -93,13 +116,24 @@ class RunRef:
             lo=0,
             hi=max(0, round_ - 1),
         )
-        return cls(str(run_id), str(session), after)
+        charges = as_int(
+            config.get(keys.KEY_SEEN_CHARGES, 0), what=keys.KEY_SEEN_CHARGES, lo=0, hi=10**9
+        )
+        epsilon = as_float(
+            config.get(keys.KEY_SEEN_EPSILON, 0.0), what=keys.KEY_SEEN_EPSILON, lo=0.0, hi=1e12
+        )
+        return cls(str(run_id), str(session), after, charges, epsilon)
 
 
 class LedgerStore:
     """Loads and saves one client's ledger.
 
-    On disk if the node has a state dir, else in ``Context.state``.
+    On disk if the node has a state dir, else in ``Context.state``. On disk, a small
+    high-water mark beside the ledger (:data:`LEDGER_MARK_FILE`: how many entries the
+    ledger has held) is rewritten after each save that adds entries, so a ledger file
+    that is later missing or older than the mark is refused even when no coordinator
+    remembers it (a new run, a coordinator that lost its own checkpoint). To start a
+    node's accounting over is the operator's explicit choice: remove both files.
     """
 
     def __init__(self, context: Context, client_id: str) -> None:
@@ -109,6 +143,17 @@ class LedgerStore:
         self.path = (
             Path(str(state_dir)) / LEDGER_FILE.format(client_id=client_id) if state_dir else None
         )
+        self.mark_path = (
+            None
+            if self.path is None
+            else self.path.with_name(LEDGER_MARK_FILE.format(client_id=client_id))
+        )
+        self._marked = 0  # entries the mark records (read by open, raised by save)
+
+    @property
+    def name(self) -> str:
+        """The ledger as messages to the coordinator name it (its file name, no path)."""
+        return f"ledger {self.path.name}" if self.path is not None else "ledger in Context.state"
 
     def open(
         self,
@@ -125,8 +170,26 @@ class LedgerStore:
         ledger's delta is the coordinator's ``privacy.delta`` only if it is narrower than
         the node's default ``min(1e-5, 1 / (10 n))``. With ``run``, the rounds of that run the
         coordinator lost (see :meth:`PrivacyLedger.mark_lost`) are marked and saved.
+
+        Continuity is checked first: the ledger must hold at least what its high-water
+        mark records and what ``run``'s view of it claims
+        (:meth:`PrivacyLedger.check_continuity`). The node decides: a lower claim changes
+        nothing, a higher one makes it refuse (logged here with the ledger's full path).
+
+        Raises:
+            LedgerContinuityError: the ledger is missing or older than its mark or than
+                the coordinator's checkpointed view; nothing is saved.
+            LedgerError: the ledger or its mark is unreadable or corrupt.
         """
         ledger = self._open(cfg, num_samples=num_samples, budget_epsilon=budget_epsilon)
+        try:
+            self._check_continuity(ledger, run)
+        except LedgerContinuityError as err:
+            where = self.path if self.path is not None else "Context.state"
+            logger.warning(
+                "client %s refuses to train: %s (ledger at %s)", self.client_id, err, where
+            )
+            raise
         if (
             run is not None
             and run.session
@@ -182,21 +245,96 @@ class LedgerStore:
             exhausted=stored.exhausted,
         )
 
+    def _check_continuity(self, ledger: PrivacyLedger, run: RunRef | None) -> None:
+        self._marked = self._read_mark()
+        if len(ledger) < self._marked:
+            state = "is missing" if len(ledger) == 0 else f"holds {len(ledger)} round(s)"
+            raise LedgerContinuityError(
+                f"client {self.client_id}: {self.name} {state} but its mark "
+                f"{LEDGER_MARK_FILE.format(client_id=self.client_id)} records "
+                f"{self._marked}: the ledger was lost or replaced; refusing to train from "
+                "zero (restore it; removing both files starts this node's accounting over)",
+                client_id=self.client_id,
+            )
+        if run is not None:
+            ledger.check_continuity(
+                run_id=run.run_id,
+                seen_charges=run.seen_charges,
+                seen_epsilon=run.seen_epsilon,
+                source=self.name,
+            )
+
+    def _read_mark(self) -> int:
+        """Entries the high-water mark records (0 without a mark).
+
+        Raises:
+            LedgerError: the mark exists but is unreadable or not this client's (never
+                read as "no mark", which would let a lost ledger restart at zero).
+        """
+        path = self.mark_path
+        if path is None or not os.path.lexists(path):
+            return 0
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LedgerError(f"ledger mark {str(path)!r} cannot be read: {err}") from err
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != LEDGER_MARK_FORMAT
+            or data.get("client_id") != self.client_id
+            or isinstance(entries, bool)
+            or not isinstance(entries, int)
+            or entries < 0
+        ):
+            raise LedgerError(
+                f"ledger mark {str(path)!r} must be a {LEDGER_MARK_FORMAT} object of client "
+                f"{self.client_id!r} with entries >= 0; got {text[:80]!r}"
+            )
+        return entries
+
     def save(self, ledger: PrivacyLedger) -> None:
-        """Persist ``ledger`` (atomic file write on a real node)."""
+        """Persist ``ledger`` (atomic file write on a real node), then raise its mark.
+
+        The mark is written after the ledger: a crash between the two leaves it lower
+        than the ledger, which refuses nothing.
+
+        Raises:
+            LedgerError: the ledger or its mark cannot be written.
+        """
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             ledger.save(self.path)
+            if self.mark_path is not None and len(ledger) > self._marked:
+                mark = {
+                    "format": LEDGER_MARK_FORMAT,
+                    "client_id": self.client_id,
+                    "entries": len(ledger),
+                }
+                try:
+                    atomic_write(self.mark_path, json.dumps(mark, sort_keys=True) + "\n")
+                except OSError as err:
+                    raise LedgerError(
+                        f"ledger mark {str(self.mark_path)!r} cannot be written: {err}"
+                    ) from err
+                self._marked = len(ledger)
         else:
             self.context.state.config_records[STATE_LEDGER] = ConfigRecord(
                 {"json": ledger.to_json()}
             )
 
 
-def report(ledger: PrivacyLedger, *, noise_multiplier: float | None) -> str:
-    """The privacy report a reply carries: cumulative epsilon and the whole history."""
+def report(ledger: PrivacyLedger, *, noise_multiplier: float | None, run_id: str = "") -> str:
+    """The privacy report a reply carries: cumulative epsilon and the whole history.
+
+    With ``run_id``, also ``run_rounds``: the rounds of that run the ledger charged
+    (the count the coordinator checks against its own view, :mod:`server.rounds`).
+    """
+    extra = {"run_rounds": ledger.charges_in(run_id)} if run_id else {}
     return json.dumps(
         {
+            **extra,
             "epsilon": ledger.epsilon(),
             "delta": ledger.delta,
             "accountant": ledger.accountant,

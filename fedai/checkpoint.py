@@ -359,6 +359,10 @@ def _check_views(
     for cid, view in clients.items():
         if not isinstance(view, dict) or not isinstance(view.get("exhausted", ""), str):
             problems.append(f"clients[{cid!r}] must be an object with an exhausted reason")
+            continue
+        charges = view.get("charges", 0)
+        if isinstance(charges, bool) or not isinstance(charges, int) or charges < 0:
+            problems.append(f"clients[{cid!r}].charges must be an integer >= 0; got {charges!r}")
     if not all(isinstance(v, str) for v in excluded.values()):
         problems.append("excluded must map nodes to reasons (strings)")
     for cid, report in reports.items():
@@ -387,7 +391,9 @@ class Checkpoint:
         state: The server optimiser's state payload (encrypted under HE), or None.
         key_fingerprint: Hex fingerprint of the key set (``""`` in the clear).
         records: The round records so far (``RoundRecord.to_dict()``).
-        clients: Client id -> ``{"num_train", "num_test", "exhausted"}``.
+        clients: Client id -> ``{"num_train", "num_test", "exhausted"}``, and under DP
+            ``"charges"``: the rounds of the run the client replied it trained (what its
+            ledger must still hold, sent back to it on resume).
         excluded: Node -> why discovery left it out.
         privacy_reports: Client id -> its latest privacy report.
         seconds: Seconds the round loop has run so far (all starts together).

@@ -70,6 +70,20 @@ class RoundAlreadyChargedError(LedgerError):
         self.round = round
 
 
+class LedgerContinuityError(LedgerError):
+    """A client's ledger holds less than the run already saw of it (lost or replaced).
+
+    Raised by a node whose ledger is missing, or older than the coordinator's checkpointed
+    view of it or than the node's own high-water mark, instead of training from zero; and
+    by the coordinator when a client's privacy report falls below what it reported before.
+    ``client_id`` names the client.
+    """
+
+    def __init__(self, message: str, *, client_id: str) -> None:
+        super().__init__(message)
+        self.client_id = client_id
+
+
 class CheckpointError(FedAIError, ValueError):
     """A coordinator checkpoint or saved aggregate is unreadable, foreign or of another config."""
 
@@ -130,6 +144,7 @@ __all__ = [
     "KeyFileError",
     "KeyMismatchError",
     "LayoutMismatchError",
+    "LedgerContinuityError",
     "LedgerError",
     "ModelError",
     "PartitionError",

@@ -46,7 +46,8 @@ RESULTS_FILE = "results.json"
 #: What a run writes into its directory, by name; ``--overwrite`` removes these first, so
 #: no plot or table of the earlier run survives beside the new results. Names, not globs:
 #: ``--out .`` must never delete the user's own ``.csv``/``.npz`` data. (Its checkpoint
-#: and client state are :func:`server.checkpointing.start_or_resume`'s to remove.)
+#: is :func:`server.checkpointing.start_or_resume`'s to remove; the simulated clients'
+#: ledgers stay unless ``--reset-client-ledgers`` asks for it.)
 RUN_FILES = (
     RESULTS_FILE,
     "rounds.csv",

@@ -12,7 +12,13 @@ KEY_RUN_ID`, random and kept across resumes), this start of the coordinator
 (:data:`~fedai.federation.keys.KEY_RUN_SESSION`, random per start) and the round it
 resumed after (:data:`~fedai.federation.keys.KEY_RESUMED_AFTER`, 0 for a new run), so
 client ledgers record which run and round each charge belongs to, mark the rounds a crash
-lost and refuse to charge a round twice (:mod:`clients.privacy`).
+lost and refuse to charge a round twice (:mod:`clients.privacy`). Train messages also
+carry the checkpoint's view of each client's ledger (rounds charged, epsilon last
+reported): a node whose ledger was lost since refuses to train from zero.
+
+A new run into the same directory (``--overwrite``) removes the checkpoint but keeps the
+simulated clients' ledgers (their spend is real, as on a real node); removing those is a
+separate, explicit choice (``reset_state``, ``fedai simulate --reset-client-ledgers``).
 
 What is *not* restored: node ids (a restarted federation may renumber its nodes; clients
 are matched by client id) and availability marks (discovery finds who is there).
@@ -70,6 +76,7 @@ def start_or_resume(
     resume: bool,
     overwrite: bool = False,
     state_dirs: tuple[str, ...] = (),
+    reset_state: bool = False,
 ) -> Checkpoint | None:
     """What a command that owns ``run_dir`` continues: the checkpoint there, or nothing.
 
@@ -77,19 +84,29 @@ def start_or_resume(
         run_dir: The run's results directory.
         cfg: The experiment config (a checkpoint of another one is refused).
         resume: Continue the checkpoint in ``run_dir`` (``--resume``).
-        overwrite: Start a new run even if ``run_dir`` holds one: its checkpoint and the
-            ``state_dirs`` (e.g. simulated clients' ledgers) are removed first.
-        state_dirs: Subdirectories of ``run_dir`` that belong to the run's state.
+        overwrite: Start a new run even if ``run_dir`` holds one: its checkpoint is
+            removed first. The ``state_dirs`` (e.g. simulated clients' ledgers: privacy
+            they really spent) are kept, and the new run's clients continue them.
+        state_dirs: Subdirectories of ``run_dir`` that belong to the nodes' state.
+        reset_state: With ``overwrite``, remove the ``state_dirs`` too: resetting the
+            clients' ledgers is the operator's explicit choice
+            (``--reset-client-ledgers``), never a side effect of ``overwrite``.
 
     Returns:
         The checkpoint to resume, or None for a new run.
 
     Raises:
         CheckpointError: ``resume`` without a checkpoint; a new run into a directory that
-            holds one (without ``overwrite``); a corrupt checkpoint or another config's.
+            holds one (without ``overwrite``); a corrupt checkpoint or another config's;
+            ``reset_state`` without ``overwrite``, or with ``resume``.
     """
     root = Path(run_dir)
     path = Checkpoint.path_in(root)
+    if reset_state and (resume or not overwrite):
+        raise CheckpointError(
+            "resetting the clients' ledgers needs a new run over the old one (overwrite) "
+            f"and no resume; got overwrite={overwrite}, resume={resume}"
+        )
     if resume:
         ckpt = load_for(root, cfg)
         if ckpt is None:
@@ -111,7 +128,17 @@ def start_or_resume(
             f"{root} holds {what} ({', '.join(str(p) for p in leftovers)}); resume it with "
             "--resume, or start over with --overwrite or another --out"
         )
+    node_state = {root / d for d in state_dirs}
     for directory in leftovers:
+        if directory in node_state and not reset_state:
+            logger.info(
+                "keeping the clients' ledgers in %s: the new run continues their spend "
+                "(--reset-client-ledgers removes them)",
+                directory,
+            )
+            continue
+        if directory in node_state:
+            logger.warning("removing the clients' ledgers in %s, as asked", directory)
         shutil.rmtree(directory)
     return None
 
@@ -207,6 +234,18 @@ class Checkpointer:
             {k: v for k, v in ckpt.excluded.items() if k not in run.transport.excluded}
         )
         run._privacy_reports.update(ckpt.privacy_reports)
+        # The rounds each client trained in this run, as the checkpoint saw them: what its
+        # ledger must still hold (a checkpoint without the count: the rounds it was
+        # aggregated in, a lower bound).
+        for record in records:
+            for cid in record.trained:
+                run._charges_seen[cid] = run._charges_seen.get(cid, 0) + 1
+        for cid, view in ckpt.clients.items():
+            stored = view.get("charges", 0) if isinstance(view, dict) else 0
+            if isinstance(stored, int) and not isinstance(stored, bool):
+                run._charges_seen[cid] = max(run._charges_seen.get(cid, 0), stored)
+        if run.cfg.privacy.mode == "none":
+            run._charges_seen.clear()
         by_id = {c.client_id: c for c in clients.values()}
         for cid, view in ckpt.clients.items():
             client = by_id.get(cid)
@@ -281,6 +320,8 @@ class Checkpointer:
         previous = self.resume.clients if self.resume is not None else {}
         for cid, view in previous.items():  # clients that did not reconnect keep their view
             views.setdefault(cid, view)
+        for cid, charges in run._charges_seen.items():  # ledger continuity (server.rounds)
+            views[cid] = {**views.get(cid, {}), "charges": charges}
         ckpt = Checkpoint(
             run_id=self.run_id,
             round=round_,

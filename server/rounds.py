@@ -12,6 +12,12 @@ clients' bounds check. The loop is
 with the strategy steps in :mod:`server.strategy` (every registered strategy, and the
 user-level DP wrapper) and messaging/discovery in :mod:`server.transport`. This module
 validates replies (one bad reply costs only its client) and keeps the records.
+
+Ledger continuity: every train message carries the coordinator's (checkpointed) view of
+the receiving client's ledger (:meth:`FederatedRun.ledger_view`), so a node whose ledger
+was lost refuses to train from zero; and a privacy report that falls below that view
+(:func:`_report_drop`) is never kept: the client fails the round with the reason and is
+not sampled again.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from flwr.serverapp import Grid
 
 from fedai.aggregation import ArraySpec, Payload, SecureSum, layout_of
 from fedai.config import ExperimentConfig
-from fedai.errors import ConfigError, ProtocolError
+from fedai.errors import ConfigError, LedgerContinuityError, ProtocolError
 from fedai.federation import keys
 from fedai.federation.records import as_float, as_int, payload_to_record, reply_payload
 from fedai.models import ModelSpec, build_model, get_weights
+from fedai.privacy.ledger import epsilon_tolerance
 from fedai.results import RoundRecord, RunSummary, utc_now
 from fedai.schemes import weight_problems
 from server.availability import Availability
@@ -100,6 +107,8 @@ class FederatedRun:
             self.strategy.accountant if isinstance(self.strategy, UserLevelDp) else None
         )
         self._privacy_reports: dict[str, dict[str, Any]] = {}  # latest report per client
+        # Rounds of this run each client replied "trained" (ok): charges its ledger holds.
+        self._charges_seen: dict[str, int] = {}
         self._shapes: list[tuple[int, ...]] | None = None  # the model's layout, once known
         self._layout: list[ArraySpec] | None = None  # ... with its dtypes (what is checked)
         self.statistics = Statistics(mode="none")  # federated feature statistics (stage 0)
@@ -276,6 +285,23 @@ class FederatedRun:
         view.update(self.strategy.account(record, population=population))
         return view
 
+    def ledger_view(self, client_id: str) -> dict[str, bool | int | float | str]:
+        """The coordinator's (checkpointed) view of a client's ledger, for its train message.
+
+        :data:`~fedai.federation.keys.KEY_SEEN_CHARGES`: the rounds of this run it saw the
+        client charge (its own count of "trained" replies, or the client's last reported
+        ``run_rounds`` if larger); :data:`~fedai.federation.keys.KEY_SEEN_EPSILON`: the
+        cumulative epsilon the client last reported. Empty while it has seen neither. The
+        node compares them with its ledger and refuses to train from one that holds less
+        (:meth:`fedai.privacy.ledger.PrivacyLedger.check_continuity`); the node decides.
+        """
+        report = self._privacy_reports.get(client_id, {})
+        charges = max(self._charges_seen.get(client_id, 0), int(report.get("run_rounds") or 0))
+        epsilon = float(report.get("epsilon") or 0.0)
+        if not charges and not epsilon:
+            return {}
+        return {keys.KEY_SEEN_CHARGES: charges, keys.KEY_SEEN_EPSILON: epsilon}
+
     def _train_round(
         self,
         clients: dict[int, ClientInfo],
@@ -293,7 +319,10 @@ class FederatedRun:
             round_,
             plan.arrays,
             plan.config,
-            per_node=plan.per_node,
+            per_node={
+                nid: {**self.ledger_view(clients[nid].client_id), **plan.per_node.get(nid, {})}
+                for nid in plan.node_ids
+            },
         )
         self.availability.note(round_, clients, plan.node_ids, replies)
         good: list[tuple[str, Payload, float]] = []
@@ -362,8 +391,23 @@ class FederatedRun:
             return None
         rec = self.transport.fedai_record(reply)
         status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
+        charged = self._charges_seen.get(cid, 0)
+        if status == keys.STATUS_OK and self.cfg.privacy.mode != "none":
+            # It says it trained, so its ledger charged this round (counted even if the
+            # reply is then left out: the spend is real).
+            self._charges_seen[cid] = charged + 1
         if keys.KEY_PRIVACY in rec:
-            self._privacy_reports[cid] = _parse_report(cid, str(rec[keys.KEY_PRIVACY]))
+            report = _parse_report(cid, str(rec[keys.KEY_PRIVACY]))
+            expected = charged + (status == keys.STATUS_OK)
+            drop = _report_drop(report, self._privacy_reports.get(cid), charges=expected)
+            if drop:  # never kept, never averaged in: the earlier figures stand
+                reason = (
+                    f"client {cid}: {drop}: its ledger was lost or replaced; reply left out "
+                    "and the client not sampled again in this run"
+                )
+                client.exhausted = reason
+                raise LedgerContinuityError(reason, client_id=cid)
+            self._privacy_reports[cid] = report
         if status == keys.STATUS_REFUSED:
             reason = _text(rec.get(keys.KEY_REASON, "refused"))
             record.refused[cid] = reason
@@ -502,6 +546,41 @@ class FederatedRun:
         return out
 
 
+def _report_drop(
+    report: dict[str, Any], previous: dict[str, Any] | None, *, charges: int
+) -> str | None:
+    """Why ``report`` falls below what the coordinator already saw of its client, or None.
+
+    A ledger never loses entries and its epsilon only grows, so a cumulative epsilon
+    (beyond :func:`~fedai.privacy.ledger.epsilon_tolerance`) or a round count below the
+    previous report (the checkpoint's, after a resume), or fewer charged rounds of this
+    run (``run_rounds``) than ``charges`` (the "trained" replies seen, this one included)
+    means the client's ledger was lost or replaced: its figures would understate a spend
+    that already happened.
+    """
+    prev = previous or {}
+    problems: list[str] = []
+    if prev:
+        tolerance = epsilon_tolerance(prev["epsilon"], accountant=str(prev.get("accountant")))
+        if report["epsilon"] < prev["epsilon"] - tolerance:
+            problems.append(
+                f"epsilon {report['epsilon']:.4g} below its earlier {prev['epsilon']:.4g}"
+            )
+        if report["rounds_trained"] < prev.get("rounds_trained", 0):
+            problems.append(
+                f"{report['rounds_trained']} round(s) trained, below its earlier "
+                f"{prev['rounds_trained']}"
+            )
+    floor = max(charges, int(prev.get("run_rounds") or 0))
+    if "run_rounds" in report and report["run_rounds"] < floor:
+        problems.append(
+            f"{report['run_rounds']} charged round(s) of this run, below the {floor} seen"
+        )
+    if not problems:
+        return None
+    return "privacy report fell below the coordinator's view (" + "; ".join(problems) + ")"
+
+
 _MAX_REPORT_CHARS = 4 << 20  # a history of ~100k rounds
 _MAX_HISTORY = 1_000_000
 
@@ -541,6 +620,8 @@ def _parse_report(client_id: str, text: str) -> dict[str, Any]:
         out[key] = None if value is None else number(value, key, hi)
     for key in ("rounds_trained", "rounds_lost"):
         out[key] = count(report.get(key, 0), key)
+    if "run_rounds" in report:  # rounds of this run its ledger charged (clients.privacy)
+        out["run_rounds"] = count(report["run_rounds"], "run_rounds")
     accountant = report.get("accountant", "")
     if not isinstance(accountant, str) or len(accountant) > 16:
         raise bad("accountant must be a short string")

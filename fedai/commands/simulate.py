@@ -75,7 +75,16 @@ def register(sub: Any) -> None:
         "--overwrite",
         action="store_true",
         help="replace the run already in --out DIR (its results, tables, plots and "
-        "checkpoint are removed first); without it such a DIR is refused",
+        f"checkpoint are removed first; the simulated clients' ledgers in DIR/"
+        f"{CLIENT_STATE_DIR}/ are kept, so the new run continues their epsilon); without "
+        "it such a DIR is refused",
+    )
+    p.add_argument(
+        "--reset-client-ledgers",
+        action="store_true",
+        help=f"with --overwrite, also remove DIR/{CLIENT_STATE_DIR}/ (the simulated "
+        "clients' privacy ledgers), so every client starts again from epsilon 0: the "
+        "privacy they spent is forgotten, by the operator's explicit choice",
     )
     p.add_argument(
         "--resume",
@@ -146,6 +155,12 @@ def run(args: argparse.Namespace) -> int:
     overwrite = bool(getattr(args, "overwrite", False))
     if overwrite and args.resume:
         raise ConfigError("--overwrite and --resume exclude each other; got both")
+    reset_ledgers = bool(getattr(args, "reset_client_ledgers", False))
+    if reset_ledgers and not overwrite:
+        raise ConfigError(
+            "--reset-client-ledgers applies only with --overwrite (a new run over the one "
+            f"in --out); got it {'with --resume' if args.resume else 'alone'}"
+        )
     # Once, in the driver, before any client starts: one line and exit 2, nothing written.
     preflight.check_run(cfg, out_dir=out_dir, overwrite=overwrite, resume=bool(args.resume))
     if not args.resume:  # a run to resume is in a directory that exists
@@ -156,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
         out_dir,
         cfg,
         resume=args.resume,
-        overwrite=bool(getattr(args, "overwrite", False)),
+        overwrite=overwrite,
         state_dirs=(CLIENT_STATE_DIR,),
+        reset_state=reset_ledgers,
     )
     if resume is not None and not args.quiet:
         print(f"resuming run {resume.run_id} after round {resume.round}", flush=True)

@@ -27,6 +27,10 @@ KEY_NUM_SAMPLED: Final = "fedai.num-sampled"  # clients sampled this round (user
 KEY_RUN_ID: Final = "fedai.run-id"  # random id of the run, kept across coordinator resumes
 KEY_RUN_SESSION: Final = "fedai.run-session"  # random id of this coordinator start
 KEY_RESUMED_AFTER: Final = "fedai.resumed-after"  # last completed round at this start (0: new)
+# The coordinator's checkpointed view of the receiving client's ledger (train messages): a
+# node whose ledger holds less refuses to train (clients.privacy); a lower claim is a no-op.
+KEY_SEEN_CHARGES: Final = "fedai.seen-charges"  # rounds of this run it saw the client charge
+KEY_SEEN_EPSILON: Final = "fedai.seen-epsilon"  # the cumulative epsilon it last reported
 
 # Reply keys.
 KEY_NUM_EXAMPLES: Final = "num-examples"

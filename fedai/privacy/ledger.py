@@ -27,6 +27,13 @@ the client does not train again, and the coordinator leaves it out of that round
 stay in the history and in epsilon (the noise was released), and ``fedai privacy ledger``
 shows them.
 
+Continuity. A ledger that went missing or was replaced by an older copy would restart a
+client's epsilon below what it already released. :meth:`~PrivacyLedger.check_continuity`
+compares the ledger with a coordinator's checkpointed view of it (rounds of the run it
+saw charged, the epsilon last reported) and refuses
+(:class:`~fedai.errors.LedgerContinuityError`) when the ledger holds less; a lower view
+changes nothing.
+
 Example:
     >>> ledger = PrivacyLedger(client_id="c0", delta=1e-5, budget_epsilon=8.0)
     >>> _ = ledger.check(DpSgdEvent(1.0, 0.05, 40))
@@ -46,6 +53,7 @@ from typing import Any
 
 from fedai.errors import (
     InvalidPrivacyParameterError,
+    LedgerContinuityError,
     LedgerError,
     PrivacyBudgetExceededError,
     RoundAlreadyChargedError,
@@ -335,6 +343,47 @@ class PrivacyLedger:
     def charge_of(self, *, run_id: str, round: int) -> LedgerEntry | None:
         """The entry charging round ``round`` of run ``run_id``, or None."""
         return next((e for e in self._entries if e.charged_in(run_id, round)), None)
+
+    def charges_in(self, run_id: str) -> int:
+        """How many entries charge a round of run ``run_id`` (``lost`` ones included)."""
+        return sum(1 for e in self._entries if e.run_id and e.run_id == run_id)
+
+    def check_continuity(
+        self, *, run_id: str, seen_charges: int, seen_epsilon: float, source: str = "ledger"
+    ) -> None:
+        """Refuse to go on from a ledger that holds less than the run already saw of it.
+
+        ``seen_charges`` and ``seen_epsilon`` are a coordinator's view of this ledger
+        (its checkpoint): the rounds of ``run_id`` it saw this client charge and the
+        cumulative epsilon it last reported. Entries are never removed and epsilon only
+        grows as events compose, so a ledger with fewer charges of the run, or a lower
+        epsilon (beyond float and accountant tolerance), was lost or replaced: training
+        on would restart this client's epsilon below what it already released. A view
+        lower than the ledger changes nothing (a coordinator cannot widen anything here).
+
+        Args:
+            run_id: The run the view is of.
+            seen_charges: Rounds of ``run_id`` the coordinator saw charged (>= 0).
+            seen_epsilon: The cumulative epsilon it last saw reported (>= 0).
+            source: How messages name this ledger (e.g. its file name).
+
+        Raises:
+            LedgerContinuityError: the ledger holds fewer charges of ``run_id`` or a
+                lower epsilon than the view.
+        """
+        held = self.charges_in(run_id)
+        eps = self.epsilon()
+        if held >= seen_charges and eps >= seen_epsilon - epsilon_tolerance(
+            seen_epsilon, accountant=self._accountant
+        ):
+            return
+        raise LedgerContinuityError(
+            f"client {self._client_id}: {source} holds {held} charged round(s) of run "
+            f"{run_id} (epsilon {eps:.4g}); the coordinator's checkpoint recorded "
+            f"{seen_charges} (epsilon {seen_epsilon:.4g}): the ledger was lost or replaced; "
+            "refusing to train from zero",
+            client_id=self._client_id,
+        )
 
     def start_round(self, *, run_id: str, round: int, session: str = "") -> None:
         """Claim round ``round`` of run ``run_id`` before training; refuse a second charge.
@@ -664,6 +713,15 @@ def _bad_entry(value: object) -> LedgerEntry:
     raise LedgerError(f"ledger entry must be an object; got {value!r}")
 
 
+def epsilon_tolerance(epsilon: float, *, accountant: str = "rdp") -> float:
+    """How far a recomputed cumulative epsilon may sit below ``epsilon`` and still agree.
+
+    RDP is exact up to float rounding (relative 1e-6); PRV composes numerically with
+    Opacus' ``eps_error = 0.01`` (Gopi et al. 2021), so it gets that much more.
+    """
+    return 1e-6 * max(1.0, epsilon) + (0.01 if accountant == "prv" else 0.0)
+
+
 def max_epsilon(ledgers: Iterable[PrivacyLedger]) -> float:
     """Return the largest cumulative epsilon among ``ledgers`` (0.0 if none)."""
     values = [ledger.epsilon() for ledger in ledgers]
@@ -676,5 +734,6 @@ __all__ = [
     "READABLE_VERSIONS",
     "LedgerEntry",
     "PrivacyLedger",
+    "epsilon_tolerance",
     "max_epsilon",
 ]

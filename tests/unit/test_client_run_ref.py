@@ -9,8 +9,10 @@ from fedai.errors import ProtocolError
 from fedai.federation import keys
 
 
-def test_a_message_without_a_run_id_names_no_run() -> None:
-    assert RunRef.from_config({keys.KEY_SERVER_ROUND: 3}, round_=3) is None
+def test_a_message_without_a_run_id_is_a_protocol_error() -> None:
+    # Without a run id a re-sent round could not be claimed once: it would be charged again.
+    with pytest.raises(ProtocolError, match=r"must carry 'fedai\.run-id'"):
+        RunRef.from_config({keys.KEY_SERVER_ROUND: 3}, round_=3)
 
 
 def test_run_id_session_and_resume_point_are_read() -> None:
