@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.evaluation import bounded_evaluation
 from clients.privacy import LedgerStore, RunRef, train_private, user_level_contribution
 from clients.privacy import report as privacy_report
 from fedai.aggregation import ClientCodec, PlainCodec
@@ -35,11 +36,13 @@ from fedai.data import (
     standardized_view,
     standardizes,
 )
+from fedai.data.reading import NodeReading
 from fedai.errors import (
     ConfigError,
     CorruptPayloadError,
     DataError,
     KeyMismatchError,
+    LedgerContinuityError,
     PolicyViolationError,
     PrivacyBudgetExceededError,
     ProtocolError,
@@ -88,20 +91,26 @@ def client_id_of(context: Context) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _raw_local_file(path: str, client_id: str, config_json: str) -> ClientData:
-    cfg = ExperimentConfig.from_json(config_json)
+def _raw_local_file(
+    path: str, client_id: str, reading: NodeReading, state_dir: str | None
+) -> ClientData:
     return load_local_file(
-        path, client_id=client_id, data=cfg.data, seed=cfg.experiment.seed, standardize=False
+        path, client_id=client_id, reading=reading, state_dir=state_dir, standardize=False
     )
 
 
 def raw_data_of(context: Context, cfg: ExperimentConfig) -> tuple[ClientData, tuple[Hashable, ...]]:
-    """This node's unstandardised split and the key naming it in the view cache."""
+    """This node's unstandardised split and the key naming it in the view cache.
+
+    A node with its own ``data-path`` reads and splits it as its own configuration says
+    (:mod:`fedai.data.reading`); nothing in the coordinator's message changes it.
+    """
     node = context.node_config
     if keys.NODE_DATA_PATH in node:
         path, cid = str(node[keys.NODE_DATA_PATH]), client_id_of(context)
-        json_ = cfg.to_json()
-        return _raw_local_file(path, cid, json_), ("file", path, cid, json_)
+        policy = policy_of(context)
+        raw = _raw_local_file(path, cid, policy.reading, policy.state_dir)
+        return raw, ("file", path, cid, policy.reading, policy.state_dir)
     if keys.NODE_PARTITION_ID not in node:
         raise ProtocolError(
             f"node_config must set {keys.NODE_DATA_PATH!r} (a real node) or "
@@ -113,8 +122,10 @@ def raw_data_of(context: Context, cfg: ExperimentConfig) -> tuple[ClientData, tu
 
 
 def standardizes_here(context: Context, cfg: ExperimentConfig) -> bool:
-    """Whether ``data.standardize`` applies to this node's data."""
-    return standardizes(cfg.data, own_file=keys.NODE_DATA_PATH in context.node_config)
+    """Whether this node standardises its data: its own ``standardize`` on a real node."""
+    if keys.NODE_DATA_PATH in context.node_config:
+        return scaling.resolve(policy_of(context).reading.standardize, file_source=True)
+    return standardizes(cfg.data)
 
 
 def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | None:
@@ -579,8 +590,6 @@ def train(msg: Message, context: Context) -> Message:
         )
         weights, weight = get_weights(model), float(n)
     else:
-        from fedai.errors import LedgerContinuityError  # (imports are shared with other work)
-
         store = LedgerStore(context, cid)
         budget = policy.budget(cfg.privacy.budget_epsilon)
         try:
@@ -646,14 +655,22 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @guarded("evaluate")
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Decode the candidate aggregate, bounds-check it, evaluate on the local test split."""
+    """Decode the candidate aggregate, bounds-check it, evaluate on the local test split.
+
+    A node with its own data answers within its evaluation policy
+    (:func:`clients.evaluation.bounded_evaluation`): its own split, a bounded number of
+    models per round, and in ``dp`` mode noisy metrics charged to its ledger. A refusal
+    names the setting, never the data.
+    """
     cfg = experiment_of(msg)
     cid = client_id_of(context)
-    refused = policy_of(context).violations(cfg)
+    policy = policy_of(context)
+    refused = policy.violations(cfg)
     if refused:
         return status_reply(msg, keys.STATUS_FAILED, "; ".join(refused), cid)
     codec = codec_of(context, cfg)
     config = msg.content.config_records[keys.REC_CONFIG]
+    round_ = as_int(config.get(keys.KEY_SERVER_ROUND), what="server round", lo=1, hi=10**9)
     stepped: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     try:
         data = data_for(msg, context, cfg)
@@ -666,16 +683,33 @@ def evaluate_global(msg: Message, context: Context) -> Message:
             model = global_model(msg, cfg, spec, codec, node_id=context.node_id)
     except (CorruptPayloadError, KeyMismatchError) as err:
         return reject(msg, cid, err)
-    res = evaluate(model, data.x_test, data.y_test)
+    if policy.own_data:
+        run_id = config.get(keys.KEY_RUN_ID, "")
+        try:
+            metrics = bounded_evaluation(
+                model,
+                data,
+                msg=msg,
+                context=context,
+                cfg=cfg,
+                policy=policy,
+                client_id=cid,
+                run_id=run_id if isinstance(run_id, str) else "",
+                round_=round_,
+            )
+        except (PolicyViolationError, PrivacyBudgetExceededError) as err:
+            logger.warning("client %s does not evaluate: %s", cid, err)
+            return status_reply(msg, keys.STATUS_REFUSED, str(err), cid)
+    else:  # simulation: the experimenter's own data, evaluated in the clear
+        res = evaluate(model, data.x_test, data.y_test)
+        metrics = {
+            keys.KEY_NUM_EXAMPLES: float(res.num_examples),
+            keys.KEY_LOSS: res.loss,
+            keys.KEY_ACCURACY: res.accuracy,
+        }
     content = RecordDict(
         {
-            keys.REC_METRICS: MetricRecord(
-                {
-                    keys.KEY_NUM_EXAMPLES: res.num_examples,
-                    keys.KEY_LOSS: res.loss,
-                    keys.KEY_ACCURACY: res.accuracy,
-                }
-            ),
+            keys.REC_METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
             keys.REC_FEDAI: ConfigRecord(
                 {keys.KEY_CLIENT_ID: cid, keys.KEY_STATUS: keys.STATUS_OK}
             ),

@@ -450,8 +450,13 @@ class FederatedRun:
                 continue
             try:
                 rec = self.transport.fedai_record(reply)
-                if str(rec.get(keys.KEY_STATUS, keys.STATUS_OK)) == keys.STATUS_REJECTED:
+                status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
+                if status == keys.STATUS_REJECTED:
                     rejected.append(cid + ": " + _text(rec.get(keys.KEY_REASON, "")))
+                    continue
+                if status != keys.STATUS_OK:  # refused (its evaluation policy) or failed
+                    reason = _text(rec.get(keys.KEY_REASON, status))
+                    failures.setdefault(cid, f"evaluate {status}: {reason}")
                     continue
                 m = reply.content.metric_records[keys.REC_METRICS]
                 n = as_float(
@@ -494,7 +499,7 @@ class FederatedRun:
         loss_sum, acc_sum, n_sum, rejected, ok = self._collect_evaluations(
             clients, plan.node_ids, replies, record
         )
-        if not rejected and n_sum == 0:
+        if not rejected and not ok:  # a node in evaluation 'off' checks, reports 0 rows
             rejected.append("no client evaluated (and so bounds-checked) the aggregate")
         accepted: GlobalModel | None = None
         if not rejected:

@@ -140,8 +140,8 @@ def load_federated(cfg: ExperimentConfig, *, standardize: bool | None = None) ->
         standardize: ``None`` (default): as ``data.standardize`` and ``data.statistics``
             say: with federated statistics, every client with the statistics of all
             training splits pooled, clipped to ``data.feature_bounds`` (what the
-            federation's statistics stage computes, up to its encoding precision); with local ones, each client with its own
-            training split's; ``False``: the raw splits.
+            federation's statistics stage computes, up to its encoding precision);
+            with local ones, each client with its own training split's; ``False``: the raw splits.
 
     Raises:
         DataError: unreadable source. PartitionError: a client would get too few samples.
