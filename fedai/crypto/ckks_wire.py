@@ -3,7 +3,7 @@
 TenSEAL 0.3.18 deserialises structurally malformed ciphertexts and then crashes in native
 arithmetic: a ``CKKSVector`` whose ciphertext field was renamed by one flipped bit (the
 protobuf tag ``0x12`` of field 2 turned into field 3, 6 or 10) loads as a vector with
-*no* ciphertext, and the first ``add_`` or ``*`` dereferences it (a segfault, issue 9).
+*no* ciphertext, and the first ``add_`` or ``*`` dereferences it (a segfault).
 A ciphertext at another scale loads too and then fails in the middle of a sum. Every
 ciphertext that crossed a trust boundary therefore goes through :func:`load_ckks_vector`,
 which checks, before any native call:

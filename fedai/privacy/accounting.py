@@ -417,8 +417,8 @@ def dp_accounting_epsilon(
         else pld_privacy_accountant.PLDAccountant()
     )
     # dp-accounting (absl logger) warns that a few fractional orders fail to converge; the
-    # order is excluded and the result unaffected (notes/dp.md section 5). Entry points may
-    # silence the "absl" logger; library code leaves logging configuration alone.
+    # order is excluded and the result unaffected (epsilon is a minimum over the orders).
+    # Entry points may silence the "absl" logger; library code leaves logging alone.
     acc.compose(composed)
     return float(acc.get_epsilon(delta))
 

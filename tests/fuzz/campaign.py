@@ -1,4 +1,4 @@
-"""Long fuzz campaign over fedai's three untrusted-input decoders (issue 9).
+"""Long fuzz campaign over fedai's three untrusted-input decoders.
 
 Usage (from the repository root)::
 

@@ -1,4 +1,4 @@
-"""Issue 9 reproductions, each run in a fresh worker process.
+"""Regression reproductions of fuzz findings, each run in a fresh worker process.
 
 Each of these once killed or escaped a decoder: a flipped bit in the protobuf key of the
 ciphertexts field (a vector with zero ciphertexts that segfaulted on add), an authenticated

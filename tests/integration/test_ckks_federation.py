@@ -1,6 +1,6 @@
 """CKKS secure aggregation end to end: real TenSEAL, real ClientApp/ServerApp, in-process.
 
-Issue 4's acceptance checks on a running federation:
+Acceptance checks on a running federation:
 
 * the CKKS run and the plaintext run of one config and seed end at the same model
   (<= 1e-5 per parameter) and the same accuracy (3 decimals);

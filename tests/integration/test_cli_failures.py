@@ -1,4 +1,4 @@
-"""Issue 14's "Seen" list for simulate / audit / privacy plan, as a table.
+"""Failures of simulate / audit / privacy plan a user has met, as a table.
 
 Every case ends with one line naming the cause and a non-zero exit status: 2 when the
 problem is found before anything runs (nothing is written), 1 when a run started and

@@ -1,6 +1,6 @@
 """Local DP-SGD on a running federation: the coordinator's ledger, budgets, restarts.
 
-Issue 3's acceptance checks, end to end through the real ClientApp and ServerApp
+Acceptance checks, end to end through the real ClientApp and ServerApp
 (in-process runner, breast_cancer, 4 clients, a few rounds):
 
 * every epsilon a client reports, after every round, equals within 1% what Google's

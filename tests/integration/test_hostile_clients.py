@@ -1,4 +1,4 @@
-"""One hostile client costs only itself: issue 9's federation-level reproductions.
+"""One hostile client costs only itself: federation-level reproductions.
 
 Each case runs the real ServerApp and ClientApp in-process; one client (a key holder: it
 holds the MAC key, so its payloads authenticate) rewrites its own reply. The coordinator

@@ -1,4 +1,4 @@
-"""The node decides (issue 10): a coordinator's request may narrow a node's policy, never widen it.
+"""The node decides: a coordinator's request may narrow a node's policy, never widen it.
 
 Real ServerApp and ClientApp in-process; the nodes' own settings come from their
 ``node_config`` as on a real SuperNode. Every test taps what the coordinator receives.

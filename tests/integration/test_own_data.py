@@ -1,4 +1,4 @@
-"""A user's own CSV trains (issue 14): breast cancer exported to ``csv:`` with a label column.
+"""A user's own CSV trains: breast cancer exported to ``csv:`` with a label column.
 
 Before, the file's raw features (``mean area`` reaches ~2500) drove the model past
 ``secure_aggregation.update_bound`` and every round failed, even in plaintext. Now file

@@ -13,7 +13,7 @@ them:
   an authentic ciphertext that decrypts out of bounds fails its round at every client and
   keeps the previous model; the run always continues to the end.
 
-Plus, for Paillier, issue 11's accuracy check: a quickstart run with
+Plus, for Paillier, an accuracy check: a quickstart run with
 ``secure_aggregation.scheme = "paillier"`` ends within 0.005 accuracy of the plaintext
 run of the same config and seed (3 rounds here; 20 rounds in the slow test).
 

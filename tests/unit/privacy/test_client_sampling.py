@@ -1,4 +1,4 @@
-"""Client sampling for user-level DP and the accounting that matches it (issue 10, 2 and 6).
+"""Client sampling for user-level DP and the accounting that matches it.
 
 Every epsilon here is checked against Google dp-accounting composed directly in the test
 (never through fedai), for the audit's setting: 100 clients, 10 a round, sigma 1, 100

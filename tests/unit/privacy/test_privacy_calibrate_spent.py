@@ -1,4 +1,4 @@
-"""target_epsilon plans the remaining budget from what the ledger already spent (issue 10)."""
+"""target_epsilon plans the remaining budget from what the ledger already spent."""
 
 from __future__ import annotations
 

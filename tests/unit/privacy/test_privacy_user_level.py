@@ -29,7 +29,7 @@ REFERENCE = {
 
 
 def test_reference_rdp_is_7_90() -> None:
-    # Issue 3 must-hold (values from notes/dp.md section 6.5).
+    # The reference setting of user_level_epsilon's docstring (McMahan et al. 2018 shape).
     assert user_level_epsilon(**REFERENCE, accountant="rdp") == pytest.approx(7.90, rel=0.01)
 
 

@@ -1,6 +1,6 @@
-"""DP-SGD batches are secret: nobody rebuilds them from public information (issue 10).
+"""DP-SGD batches are secret: nobody rebuilds them from public information.
 
-Amplification by subsampling assumes the Poisson batches are secret. Before issue 10 a
+Amplification by subsampling assumes the Poisson batches are secret. Before this was fixed a
 client's loader was seeded with ``crc32(seed/client/round)`` and Opacus drew its batches
 from it, so a coordinator that knows the config could rebuild every batch. Here the real
 client path (:func:`clients.privacy.train_private`) is run while the Poisson sampler's
