@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import zlib
 from collections.abc import Callable, Hashable
 
@@ -122,10 +123,42 @@ def raw_data_of(context: Context, cfg: ExperimentConfig) -> tuple[ClientData, tu
 
 
 def standardizes_here(context: Context, cfg: ExperimentConfig) -> bool:
-    """Whether this node standardises its data: its own ``standardize`` on a real node."""
+    """Whether this node z-scores its data with statistics of rows: its own choice on a node.
+
+    Never on a node that requires DP: a z-score fit on its rows is a release outside
+    DP-SGD's guarantee (which assumes data-independent preprocessing); such a node scales
+    by its public ``feature-bounds`` or not at all (:func:`public_scaler`).
+    """
     if keys.NODE_DATA_PATH in context.node_config:
-        return scaling.resolve(policy_of(context).reading.standardize, file_source=True)
+        policy = policy_of(context)
+        if policy.require_privacy is not None:
+            return False
+        return scaling.resolve(policy.reading.standardize, file_source=True)
     return standardizes(cfg.data)
+
+
+def public_scaler(context: Context, sample_shape: tuple[int, ...]) -> scaling.Standardizer | None:
+    """The data-independent scaling of a node that requires DP, from its ``feature-bounds``.
+
+    None unless the node has its own data, requires DP, standardises (``auto``) and names
+    a bounds file.
+
+    Raises:
+        ConfigError: the bounds file cannot be read or does not fit the features.
+    """
+    node = context.node_config
+    policy = policy_of(context)
+    path = str(node.get(scaling.NODE_FEATURE_BOUNDS, ""))
+    if not (policy.own_data and policy.require_privacy and path):
+        return None
+    if policy.reading.standardize == "none":
+        return None
+    return _public_scaler(path, sample_shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _public_scaler(path: str, sample_shape: tuple[int, ...]) -> scaling.Standardizer:
+    return scaling.public_scaling(scaling.FeatureBounds.from_file(path), sample_shape)
 
 
 def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | None:
@@ -153,7 +186,27 @@ def uses_federated_statistics(context: Context, cfg: ExperimentConfig) -> str | 
     if refusal is not None:
         return refusal
     own_bounds = str(context.node_config.get(scaling.NODE_FEATURE_BOUNDS, ""))
-    if own_bounds:
+    if policy_of(context).own_data:
+        # A node's moments are exact: with bounds of the coordinator's choosing (a narrow
+        # window per feature) every statistics request would be a counting query on its
+        # rows. A node with its own data shares only within its own bounds, exactly, so
+        # every request gets the same answer.
+        if not own_bounds:
+            return (
+                f"node_config {scaling.NODE_FEATURE_BOUNDS} is not set: a node with its own "
+                "data shares feature moments only within its own public bounds"
+            )
+        run_bounds = scaling.FeatureBounds.from_config(cfg.data)
+        limit = scaling.FeatureBounds.from_file(own_bounds)
+        d = math.prod(raw_data_of(context, cfg)[0].input_shape)
+        if run_bounds is None or not all(
+            np.array_equal(a, b) for a, b in zip(run_bounds.arrays(d), limit.arrays(d), strict=True)
+        ):
+            return (
+                f"data.feature_bounds must equal the node's {scaling.NODE_FEATURE_BOUNDS} "
+                "(a node with its own data shares moments within its own bounds only)"
+            )
+    elif own_bounds:
         run_bounds = scaling.FeatureBounds.from_config(cfg.data)
         limit = scaling.FeatureBounds.from_file(own_bounds)
         narrowing = None if run_bounds is None else run_bounds.narrowing(limit)
@@ -213,6 +266,9 @@ def data_for(msg: Message, context: Context, cfg: ExperimentConfig) -> ClientDat
             (:func:`fedai.data.scaling.pooled`); the node refuses it.
     """
     raw, key = raw_data_of(context, cfg)
+    public = public_scaler(context, raw.input_shape)
+    if public is not None:
+        return standardized_view(raw, key=key, statistics=lambda: public, digest="public")
     if not standardizes_here(context, cfg):
         return raw
     record = msg.content.array_records.get(keys.REC_STATISTICS)
@@ -293,7 +349,12 @@ def round_seed(cfg: ExperimentConfig, client_id: str, round_: int) -> int:
 def spec_of(msg: Message, cfg: ExperimentConfig, data: ClientData) -> ModelSpec:
     """The global model's spec (class count as agreed in discovery)."""
     config = msg.content.config_records[keys.REC_CONFIG]
-    num_classes = int(config.get(keys.KEY_NUM_CLASSES, data.num_classes))  # type: ignore[arg-type]
+    num_classes = as_int(
+        config.get(keys.KEY_NUM_CLASSES, data.num_classes),
+        what="num-classes",
+        lo=data.num_classes,  # fewer classes than the node's labels: refused, never a crash
+        hi=100_000,
+    )
     return ModelSpec(
         name=cfg.model.name,
         input_shape=data.input_shape,

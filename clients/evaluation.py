@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 from torch import nn
@@ -20,6 +21,7 @@ from fedai.config import ExperimentConfig
 from fedai.data import ClientData
 from fedai.errors import PolicyViolationError, PrivacyBudgetExceededError
 from fedai.federation import keys
+from fedai.fileio import atomic_write
 from fedai.policy import NodePolicy
 from fedai.release import noisy_metrics
 from fedai.training import evaluate
@@ -27,6 +29,7 @@ from fedai.training import evaluate
 logger = logging.getLogger(__name__)
 
 STATE_EVALUATIONS = "fedai.evaluations"  # Context.state ConfigRecord: the answered models
+COUNT_FILE = "evaluations-{client_id}.json"  # in state-dir: answers in the node's lifetime
 #: Rounds remembered; older ones are forgotten (a coordinator reaching back that far gets
 #: one more answer per forgotten round, each still counted by the ledger in ``dp`` mode).
 MAX_ROUNDS_KEPT = 512
@@ -58,13 +61,44 @@ def model_digest(msg: Message) -> str:
 
 
 class EvaluationLog:
-    """The models this node answered per (run, round), and what it answered."""
+    """The models this node answered per (run, round), what it answered, and how many ever.
 
-    def __init__(self, context: Context) -> None:
+    The per-round answers live in ``Context.state`` (Flower keeps it for the run); the
+    lifetime count in ``state-dir`` (``evaluations-<client id>.json``, atomic writes) where
+    the node has one, so no new run id resets it. Without a state dir it lives in
+    ``Context.state`` too, and a new Flower run starts it again (logged).
+    """
+
+    def __init__(self, context: Context, *, client_id: str, state_dir: str | None) -> None:
         self._context = context
         record = context.state.config_records.get(STATE_EVALUATIONS)
         text = str(record["log"]) if record is not None and "log" in record else "{}"
         self._log: dict[str, dict[str, Metrics]] = json.loads(text)
+        self._path = (
+            None if state_dir is None else Path(state_dir) / COUNT_FILE.format(client_id=client_id)
+        )
+        self.total = self._load_total(record)
+
+    def _load_total(self, record: ConfigRecord | None) -> int:
+        if self._path is None:
+            value = record.get("total", 0) if record is not None else 0
+            return int(value) if isinstance(value, int) else 0
+        try:
+            raw = json.loads(self._path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as err:
+            raise PolicyViolationError(
+                f"evaluation count {self._path.name} must be readable JSON; it is not "
+                f"({type(err).__name__}): the node answers no evaluation until it is fixed"
+            ) from err
+        total = raw.get("answered") if isinstance(raw, dict) else None
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise PolicyViolationError(
+                f"evaluation count {self._path.name} must hold an integer 'answered' >= 0; "
+                f"got {total!r}"
+            )
+        return total
 
     @staticmethod
     def _slot(run_id: str, round_: int) -> str:
@@ -78,13 +112,25 @@ class EvaluationLog:
         """Distinct models answered in this round."""
         return len(self._log.get(self._slot(run_id, round_), {}))
 
+    def count_one(self) -> None:
+        """Count a new answer in the lifetime total, durably, before it is computed."""
+        self.total += 1
+        if self._path is not None:
+            atomic_write(
+                self._path, json.dumps({"format": "fedai.evaluations", "answered": self.total})
+            )
+        self._save()
+
     def add(self, run_id: str, round_: int, digest: str, metrics: Metrics) -> None:
         """Remember an answer (in ``Context.state``)."""
         self._log.setdefault(self._slot(run_id, round_), {})[digest] = metrics
         while len(self._log) > MAX_ROUNDS_KEPT:
             del self._log[next(iter(self._log))]
+        self._save()
+
+    def _save(self) -> None:
         self._context.state.config_records[STATE_EVALUATIONS] = ConfigRecord(
-            {"log": json.dumps(self._log)}
+            {"log": json.dumps(self._log), "total": self.total}
         )
 
 
@@ -118,7 +164,7 @@ def bounded_evaluation(
             f"the evaluation split must hold >= {policy.reading.min_test_examples} rows "
             f"(node policy min-test-examples); it holds {n}"
         )
-    log = EvaluationLog(context)
+    log = EvaluationLog(context, client_id=client_id, state_dir=policy.state_dir)
     digest = model_digest(msg)
     known = log.answer(run_id, round_, digest)
     if known is not None:  # the same answer again releases nothing new
@@ -128,13 +174,26 @@ def bounded_evaluation(
             f"at most {release.max_per_round} model(s) are evaluated per round (node policy "
             f"max-evaluations-per-round); round {round_} of run {run_id or '?'} had them"
         )
+    if release.mode != "off":
+        if log.total >= release.max_total:
+            raise PolicyViolationError(
+                f"at most {release.max_total} evaluations are answered in the node's "
+                f"lifetime (node policy max-evaluations); {log.total} were"
+            )
+        if policy.state_dir is None:
+            logger.warning(
+                "client %s: no state-dir: the lifetime evaluation count restarts with each run",
+                client_id,
+            )
     if release.mode == "off":
         metrics: Metrics = {keys.KEY_NUM_EXAMPLES: 0.0, keys.KEY_LOSS: 0.0, keys.KEY_ACCURACY: 0.0}
     elif release.mode == "clear":
+        log.count_one()
         res = evaluate(model, data.x_test, data.y_test)
         metrics = {keys.KEY_NUM_EXAMPLES: float(n), keys.KEY_LOSS: res.loss}
         metrics[keys.KEY_ACCURACY] = res.accuracy
     else:
+        log.count_one()
         metrics = _dp_release(
             model, data, context=context, cfg=cfg, policy=policy, cid=client_id, round_=round_
         )
@@ -166,18 +225,26 @@ def _dp_release(
         budget_epsilon=policy.budget(cfg.privacy.budget_epsilon),
     )
     event = release.event()
+    floor = policy.sigma_violation(release.noise_multiplier)
+    if floor is not None:
+        raise PolicyViolationError(f"evaluation {floor}")
     try:
-        ledger.check(event)  # refuses before anything about the rows is computed
+        before = ledger.epsilon()
+        projected = ledger.check(event)  # refuses before anything about the rows is computed
     except PrivacyBudgetExceededError:
         store.save(ledger)
         raise
+    too_much = policy.round_epsilon_violation(projected - before)
+    if too_much is not None:
+        raise PolicyViolationError(f"evaluation {too_much}")
+    # Charged first: once computed, the release is spent whatever happens next.
+    ledger.record(round=round_, event=event)
+    store.save(ledger)
     n = len(data.y_test)
     res = evaluate(model, data.x_test, data.y_test, loss_bound=release.loss_bound)
     loss, accuracy = noisy_metrics(
         loss_sum=res.loss * n, correct=res.accuracy * n, num_examples=n, release=release
     )
-    ledger.record(round=round_, event=event)
-    store.save(ledger)
     logger.info(
         "client %s: evaluation released with noise multiplier %g (epsilon now %.4f)",
         cid,

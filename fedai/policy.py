@@ -179,6 +179,12 @@ class NodePolicy:
             )
         except ConfigError as err:
             problems.extend(err.problems)
+        if privacy is not None and reading.standardize == "zscore":
+            problems.append(
+                "node_config standardize must be 'auto' or 'none' on a node that sets "
+                "require-privacy: a z-score fit on the node's rows is a release outside DP "
+                "(set feature-bounds for a public scaling); got 'zscore'"
+            )
         policy = cls(
             reading=reading,
             evaluation=evaluation,

@@ -8,8 +8,12 @@ node therefore bounds evaluation itself (``node_config``, :class:`EvaluationRele
 * the split and its minimum size are the node's (:mod:`fedai.data.reading`), so every
   metric is an average over at least ``min-test-examples`` rows the coordinator cannot
   choose;
-* it answers at most ``max-evaluations-per-round`` distinct models per (run, round); the
-  same model asked again gets the same answer, which releases nothing new;
+* it answers at most ``max-evaluations-per-round`` distinct models per (run, round), and
+  at most ``max-evaluations`` in its lifetime (counted in ``state-dir``, so neither new
+  round numbers nor new run ids buy more: the coordinator writes both); the same model
+  asked again gets the same answer, which releases nothing new. Without DP that cap is
+  what bounds the release: ``k`` exact answers about ``n`` test rows carry at most
+  ``k * log2(n + 1)`` bits of accuracy counts plus the losses;
 * what the metrics are, by ``evaluation`` mode:
 
   ``dp``     (default where the node sets ``require-privacy``) the Gaussian mechanism
@@ -48,18 +52,21 @@ if TYPE_CHECKING:  # fedai.privacy loads torch; node policies are read without i
 
 NODE_EVALUATION = "evaluation"
 NODE_MAX_EVALUATIONS = "max-evaluations-per-round"
+NODE_MAX_EVALUATIONS_TOTAL = "max-evaluations"
 NODE_EVALUATION_NOISE = "evaluation-noise-multiplier"
 NODE_EVALUATION_LOSS_BOUND = "evaluation-loss-bound"
 #: Every node-config key this module reads.
 RELEASE_KEYS = (
     NODE_EVALUATION,
     NODE_MAX_EVALUATIONS,
+    NODE_MAX_EVALUATIONS_TOTAL,
     NODE_EVALUATION_NOISE,
     NODE_EVALUATION_LOSS_BOUND,
 )
 MODES = ("dp", "clear", "off")
 DEFAULT_NOISE_MULTIPLIER = 8.0
 DEFAULT_LOSS_BOUND = 5.0
+DEFAULT_MAX_EVALUATIONS = 100
 #: L2 sensitivity of (clipped loss sum / L, correct count) to one example.
 SENSITIVITY = math.sqrt(2.0)
 
@@ -71,12 +78,14 @@ class EvaluationRelease:
     Attributes:
         mode: ``dp``, ``clear`` or ``off``.
         max_per_round: Distinct models answered per (run, round).
+        max_total: Distinct models answered in the node's lifetime (its ``state-dir``).
         noise_multiplier: ``z`` of the ``dp`` mode.
         loss_bound: ``L``: each example's loss is clipped to ``[0, L]`` in ``dp`` mode.
     """
 
     mode: str = "clear"
     max_per_round: int = 1
+    max_total: int = DEFAULT_MAX_EVALUATIONS
     noise_multiplier: float = DEFAULT_NOISE_MULTIPLIER
     loss_bound: float = DEFAULT_LOSS_BOUND
 
@@ -121,6 +130,9 @@ class EvaluationRelease:
         out = cls(
             mode=mode,
             max_per_round=int(number(NODE_MAX_EVALUATIONS, 1, integer=True)),
+            max_total=int(
+                number(NODE_MAX_EVALUATIONS_TOTAL, DEFAULT_MAX_EVALUATIONS, integer=True)
+            ),
             noise_multiplier=number(NODE_EVALUATION_NOISE, DEFAULT_NOISE_MULTIPLIER),
             loss_bound=number(NODE_EVALUATION_LOSS_BOUND, DEFAULT_LOSS_BOUND),
         )
@@ -178,6 +190,7 @@ __all__ = [
     "NODE_EVALUATION_LOSS_BOUND",
     "NODE_EVALUATION_NOISE",
     "NODE_MAX_EVALUATIONS",
+    "NODE_MAX_EVALUATIONS_TOTAL",
     "RELEASE_KEYS",
     "SENSITIVITY",
     "EvaluationRelease",

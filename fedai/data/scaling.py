@@ -283,6 +283,24 @@ def fit(x_train: np.ndarray, *, bounds: FeatureBounds | None = None) -> Standard
     return Standardizer(mean=mean, scale=np.where(std > 0, std, 1.0), low=low, high=high)
 
 
+def public_scaling(bounds: FeatureBounds, sample_shape: Sequence[int]) -> Standardizer:
+    """Min-max scaling to [0, 1] by public bounds: ``(clip(x, low, high) - low) / (high - low)``.
+
+    It depends on no row of the data, so it releases nothing: the preprocessing a node
+    that requires DP may apply (a z-score fit on its rows is a release outside DP-SGD's
+    guarantee, which assumes data-independent preprocessing).
+    """
+    shape = tuple(int(s) for s in sample_shape)
+    low, high = bounds.arrays(math.prod(shape))
+    span = high - low
+    return Standardizer(
+        mean=low.reshape(shape),
+        scale=np.where(span > 0, span, 1.0).reshape(shape),
+        low=low.reshape(shape),
+        high=high.reshape(shape),
+    )
+
+
 def resolve(mode: str, *, file_source: bool) -> bool:
     """Whether ``data.standardize = mode`` standardises a source.
 
@@ -729,6 +747,7 @@ __all__ = [
     "limbs_for",
     "moments",
     "pooled",
+    "public_scaling",
     "resolve",
     "shapes_of",
     "share",

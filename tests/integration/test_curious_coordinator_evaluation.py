@@ -24,9 +24,11 @@ from clients.app import app as client_app
 from clients.app import data_for
 from fedai.aggregation import PlainCodec
 from fedai.config import ExperimentConfig
+from fedai.errors import ConfigError
 from fedai.federation import keys
 from fedai.federation.flower_internals import set_message_id, set_task_identity
 from fedai.federation.records import payload_to_record
+from fedai.policy import NodePolicy
 from fedai.privacy.accounting import DpSgdEvent, dp_accounting_epsilon, resolve_delta
 from fedai.privacy.ledger import PrivacyLedger
 
@@ -265,3 +267,105 @@ def test_one_model_per_round_and_the_same_answer_again(
     assert again == first
     assert other is None  # a second model in round 1 is refused
     assert next_round is not None
+
+
+def test_a_lifetime_cap_holds_across_rounds_run_ids_and_restarts(
+    csv_file: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # Round numbers and run ids are the coordinator's to write: neither buys more answers.
+    path, _x, _y = csv_file
+    cfg = coordinator_config()
+    cfg = cfg.replace(privacy=type(cfg.privacy)())
+    state = tmp_path / "state"
+    b = np.zeros(2, np.float32)
+    answers = []
+    for r in range(1, 5):
+        ctx = node_context(path, state, **{"max-evaluations": "3"})  # a fresh run each time
+        answers.append(query_loss(cfg, ctx, r, np.full((2, FEATURES), 0.01 * r, np.float32), b))
+
+    assert [a is not None for a in answers] == [True, True, True, False]
+    assert '"answered": 3' in (state / "evaluations-site.json").read_text()
+
+
+def test_statistics_are_shared_only_within_the_nodes_own_bounds(
+    csv_file: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # Narrow windows of the coordinator's choosing would make every request a counting
+    # query; a node with its own data answers only within its own bounds, exactly.
+    path, _x, _y = csv_file
+    own = tmp_path / "bounds.json"
+    own.write_text("[[-20, 100]]")
+    base = coordinator_config()
+    base = base.replace(privacy=type(base.privacy)())
+
+    def statistics(bounds: str, **node: str) -> str:
+        cfg = base.replace(
+            data=type(base.data)(dataset="digits", statistics="federated", feature_bounds=bounds)
+        )
+        ctx = node_context(path, tmp_path / "state", standardize="auto", **node)
+        reply = send(keys.MSG_STATISTICS, cfg, ctx, **{keys.KEY_SERVER_ROUND: 0})
+        return str(reply.content.config_records[keys.REC_FEDAI][keys.KEY_STATUS])
+
+    assert statistics("[[-20, 100]]") == keys.STATUS_DECLINED  # no bounds of its own
+    assert statistics("[[2.999, 3.0]]", **{"feature-bounds": str(own)}) == keys.STATUS_DECLINED
+    assert statistics("[[-20, 100]]", **{"feature-bounds": str(own)}) == keys.STATUS_OK
+
+
+def test_a_dp_node_scales_by_public_bounds_so_a_training_row_never_moves_a_test_score(
+    csv_file: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    path, _x, _y = csv_file
+    bounds = tmp_path / "bounds.json"
+    bounds.write_text("[[-20, 100]]")
+    rows = path.read_text().splitlines()
+    cfg = coordinator_config()
+    node = {
+        "require-privacy": "local",
+        "standardize": "auto",
+        "split-seed": "s",
+        "feature-bounds": str(bounds),
+    }
+    first = data_for(_any_message(cfg), node_context(path, tmp_path / "a", **node), cfg)
+    train_row = next(  # a row of the training split, changed in a copy of the file
+        i for i in range(1, len(rows)) if not np.isclose(first.x_test, _row(rows[i])).all(1).any()
+    )
+    other = tmp_path / "other.csv"
+    changed = rows[train_row].split(",")
+    changed[0] = "99.000"
+    rows[train_row] = ",".join(changed)
+    other.write_text("\n".join(rows) + "\n")
+
+    second = data_for(_any_message(cfg), node_context(other, tmp_path / "b", **node), cfg)
+
+    np.testing.assert_array_equal(first.x_test, second.x_test)
+    assert first.x_train.min() >= 0.0  # scaled to [0, 1] by the public bounds
+    assert first.x_train.max() <= 1.0
+    with pytest.raises(ConfigError, match="standardize must be 'auto' or 'none'"):
+        NodePolicy.from_node_config({**node, "standardize": "zscore"})
+
+
+def _row(line: str) -> np.ndarray:
+    """A CSV line's features scaled as the test above scales them ([-20, 100] -> [0, 1])."""
+    values = np.array([float(v) for v in line.split(",")[:-1]])
+    return (np.clip(values, -20, 100) + 20) / 120
+
+
+def test_too_few_classes_fail_before_anything_is_charged(
+    csv_file: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    path, _x, _y = csv_file
+    state = tmp_path / "state"
+    ctx = node_context(path, state, **{"require-privacy": "local"})
+    cfg = coordinator_config()
+    w = np.zeros((1, FEATURES), np.float32)
+
+    reply = send(
+        keys.MSG_EVALUATE,
+        cfg,
+        ctx,
+        arrays=crafted(w, np.zeros(1, np.float32)),
+        **{keys.KEY_SERVER_ROUND: 1, keys.KEY_TOTAL_WEIGHT: 1.0, keys.KEY_NUM_CLASSES: 1},
+    )
+
+    assert reply.content.config_records[keys.REC_FEDAI][keys.KEY_STATUS] == keys.STATUS_FAILED
+    assert not (state / "ledger-site.json").exists()

@@ -136,10 +136,14 @@ def test_real_nodes_standardise_their_own_files(breast_cancer_csv: Path, tmp_pat
     header, *rows = breast_cancer_csv.read_text(encoding="utf-8").splitlines()
     order = np.random.default_rng(0).permutation(len(rows))
     node_configs: list[dict[str, bool | int | float | str]] = []
+    bounds = tmp_path / "bounds.json"  # each node's own bounds: the run's must equal them
+    bounds.write_text(BOUNDS, encoding="utf-8")
     for i, part in enumerate(np.array_split(order, NUM_CLIENTS)):
         own = tmp_path / f"org-{i}.csv"
         own.write_text("\n".join([header, *(rows[j] for j in part)]) + "\n", encoding="utf-8")
-        node_configs.append({"data-path": str(own), "client-id": f"org-{i}"})
+        node_configs.append(
+            {"data-path": str(own), "client-id": f"org-{i}", "feature-bounds": str(bounds)}
+        )
     cfg = own_data(breast_cancer_csv)  # the coordinator's dataset does not reach the nodes
     outcomes: list[RunOutcome] = []
 
