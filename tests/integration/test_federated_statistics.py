@@ -28,6 +28,7 @@ from fedai.crypto import create_keys
 from fedai.data import raw_client, scaling
 from fedai.errors import CorruptPayloadError
 from fedai.federation import keys
+from fedai.federation.flower_internals import set_message_id, set_task_identity
 from fedai.federation.inprocess import run_inprocess
 from fedai.federation.records import payload_to_record, record_to_payload
 from server.app import build_server_app
@@ -122,8 +123,9 @@ def message(cfg: ExperimentConfig, *, payload: list[np.ndarray] | None, weight: 
     records: dict[str, Any] = {keys.REC_ARRAYS: ArrayRecord(), keys.REC_CONFIG: config_record}
     if payload is not None:
         records[keys.REC_STATISTICS] = payload_to_record(payload)
+    set_task_identity(run_id=1, node_id=1)  # what Flower's runtimes set before Message()
     msg = Message(RecordDict(records), dst_node_id=100, message_type=keys.MSG_EVALUATE)
-    msg.metadata.__dict__["_message_id"] = "m1"
+    set_message_id(msg, "m1")
     return msg
 
 
