@@ -10,7 +10,8 @@ subparsers get them from :func:`add_common_options`). Typed
 :class:`~fedai.errors.FedAIError`\ s become one line on stderr, ``fedai CMD: error:
 MESSAGE``, and an exit status from :mod:`fedai.errors`: :data:`USAGE_ERRORS` (bad input,
 found before anything ran) exit 2, every other FedAIError exits 1; ``-v`` adds the error's
-class and traceback.
+class and traceback. argparse's usage errors are one line in the same form, with a
+did-you-mean and a pointer to ``--help``, and exit 2 (:mod:`fedai.usage`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from fedai import logsetup, progress
+from fedai import logsetup, progress, usage
 from fedai.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         textwrap.fill(text, 79, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
         for code, text in EXIT_STATUSES
     )
-    parser = argparse.ArgumentParser(
+    parser = usage.ArgumentParser(
         prog="fedai",
         description="Privacy-preserving federated learning: Flower rounds, Opacus DP-SGD, "
         "homomorphic secure aggregation (CKKS / Paillier) and encrypted inference.",
@@ -198,14 +199,24 @@ def parse_args(
 ) -> argparse.Namespace:
     """Parse ``argv``; ``verbose`` counts every ``-v`` before and after the subcommand.
 
+    A usage error is reported by the (sub)command it was given to, on one line (see
+    :mod:`fedai.usage`): ``fedai simulate --sett a=b`` says ``fedai simulate: error:
+    unrecognized arguments: --sett a=b; did you mean '--set'? (see 'fedai simulate
+    --help')``.
+
     Raises:
         SystemExit: status 2 for a usage error (argparse's own), including ``-v`` with
             ``-q``.
     """
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    owners = {sub.prog: sub for sub in [parser, *_subparsers(parser)]}
+    owner = owners.get(getattr(args, "command_prog", parser.prog), parser)
+    if extras:
+        line = list(sys.argv[1:] if argv is None else argv)
+        owner.error(usage.unrecognized_message(owner, extras, line))
     args.verbose = args.verbose + getattr(args, "verbose_after", 0)
     if args.verbose and args.quiet:
-        parser.error("-v/--verbose and -q/--quiet cannot be combined")
+        owner.error("-v/--verbose and -q/--quiet cannot be combined")
     return args
 
 

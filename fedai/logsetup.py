@@ -6,7 +6,9 @@ what entry points call instead of ``logging.basicConfig``. fedai's own loggers (
 libraries' INFO and DEBUG records go nowhere; third-party loggers stay at WARNING
 (httpx logs every HTTP request at INFO, matplotlib its font search at DEBUG) unless asked
 for with ``-vv``. gRPC's C core logs through its own channel, set by ``GRPC_VERBOSITY``
-before grpc is first imported.
+before grpc is first imported. Python warnings (Opacus' UserWarnings, ...) become
+records of the ``py.warnings`` logger, one line each and each distinct one once, so
+``-q`` silences them like any other warning.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import TextIO
 
 __all__ = [
     "FEDAI_LOGGERS",
     "THIRD_PARTY_LOGGERS",
+    "WARNINGS_LOGGER",
     "configure_app_logging",
     "configure_logging",
     "quiet_native_logs",
@@ -43,6 +47,9 @@ THIRD_PARTY_LOGGERS = (
     "urllib3",
 )
 """Chatty third-party loggers kept at WARNING unless ``-vv``."""
+
+WARNINGS_LOGGER = "py.warnings"
+"""The logger Python warnings go to (the name ``logging.captureWarnings`` uses)."""
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 _HANDLER_NAME = "fedai-stderr"
@@ -82,6 +89,42 @@ def _install(logger: logging.Logger, handler: logging.Handler | None) -> None:
         logger.addHandler(handler)
 
 
+def _short_path(filename: str) -> str:
+    """``.../site-packages/opacus/x.py`` -> ``opacus/x.py``: relative to its sys.path entry."""
+    roots = [p for p in sys.path if p and filename.startswith(os.path.join(p, ""))]
+    return os.path.relpath(filename, max(roots, key=len)) if roots else filename
+
+
+class _WarningsToLog:
+    """A ``warnings.showwarning``: each distinct warning once, as one ``py.warnings`` line.
+
+    Once per process, not per code location: code that wraps a call in
+    ``warnings.catch_warnings()`` (fedai's accounting does, around Opacus) resets Python's
+    own once-per-location registry, so Opacus' "Optimal order is the smallest alpha"
+    would otherwise print on every epsilon computed.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[type[Warning], str]] = set()
+
+    def __call__(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = " ".join(str(message).split())
+        if (category, text) in self._seen:
+            return
+        self._seen.add((category, text))
+        logging.getLogger(WARNINGS_LOGGER).warning(
+            "%s: %s (%s:%d)", category.__name__, text, _short_path(filename), lineno
+        )
+
+
 def quiet_native_logs(verbosity: int = 0) -> None:
     """Keep gRPC's C core and Flower's console quiet unless the user asked for more.
 
@@ -107,8 +150,11 @@ def configure_logging(
     Args:
         verbosity: 0 (default): fedai warnings and errors; 1 (``-v``): fedai at DEBUG,
             third-party loggers still at WARNING; 2 or more (``-vv``): every logger at DEBUG.
-        quiet: ``-q``: fedai errors only.
+        quiet: ``-q``: fedai errors only (Python warnings are warnings: not shown).
         stream: where log lines go; default ``sys.stderr`` at the time of writing.
+
+    Python warnings go to the ``py.warnings`` logger from here on (see
+    :class:`_WarningsToLog`), at the level of fedai's own loggers.
     """
     if quiet:
         level = logging.ERROR
@@ -119,11 +165,12 @@ def configure_logging(
     handler = _StderrHandler(stream)
     root = logging.getLogger()
     everything = verbosity >= 2
-    for name in FEDAI_LOGGERS:
+    for name in (*FEDAI_LOGGERS, WARNINGS_LOGGER):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         # With -vv the root handler prints fedai's records too; one copy is enough.
         _install(logger, None if everything else handler)
+    warnings.showwarning = _WarningsToLog()
     if everything:
         root.setLevel(logging.DEBUG)
         _install(root, handler)

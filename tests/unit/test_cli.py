@@ -17,7 +17,12 @@ from fedai.crypto import cli as crypto_cli
 from fedai.errors import EXIT_FAILED, EXIT_USAGE, ProtocolError
 
 HEAVY = ("torch", "tenseal", "flwr", "grpc", "opacus", "ray", "matplotlib", "sklearn")
-WATCHED_LOGGERS = ("", *logsetup.FEDAI_LOGGERS, *logsetup.THIRD_PARTY_LOGGERS)
+WATCHED_LOGGERS = (
+    "",
+    *logsetup.FEDAI_LOGGERS,
+    logsetup.WARNINGS_LOGGER,
+    *logsetup.THIRD_PARTY_LOGGERS,
+)
 
 
 @pytest.fixture(autouse=True)
