@@ -95,17 +95,17 @@ class ArraySpec:
 Shapes: TypeAlias = Sequence[tuple[int, ...] | ArraySpec]
 
 
-def layout_of(arrays: Sequence[np.ndarray]) -> list[ArraySpec]:
+def layout_of(arrays: Sequence[np.ndarray], *, name: str = "arrays") -> list[ArraySpec]:
     """The declared layout of ``arrays`` (e.g. a model's weights): shapes and dtypes.
 
     Raises:
-        ValueError: An array is not a float16/32/64 array.
+        ValueError: An array is not a float16/32/64 array (named ``name[i]``).
     """
     out: list[ArraySpec] = []
     for i, a in enumerate(arrays):
         arr = np.asarray(a)
         if arr.dtype.kind != "f" or arr.dtype.itemsize not in FLOAT_DTYPES:
-            raise ValueError(f"arrays[{i}] must be a float16/32/64 array; got {arr.dtype}")
+            raise ValueError(f"{name}[{i}] must be a float16/32/64 array; got {arr.dtype}")
         out.append(ArraySpec(tuple(int(d) for d in arr.shape), arr.dtype.itemsize))
     return out
 

@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from fedai.aggregation import Payload, PlainCodec, SecureSum
 from fedai.config import ExperimentConfig, SecureAggregationSection
@@ -235,17 +235,9 @@ def _verify(
     )
     for nid in contributors:
         cid = clients[nid].client_id
-        reply = replies.get(nid)
-        if reply is None:
-            out.unverified[cid] = f"no reply within {transport.timeout:g} s"
-            continue
-        if reply.has_error():
-            out.unverified[cid] = clip_text(reply.error.reason or f"error code {reply.error.code}")
-            continue
-        try:
-            rec = transport.fedai_record(reply)
-        except Exception as err:  # a malformed verdict is no verdict
-            out.unverified[cid] = f"{type(err).__name__}: {clip_text(err)}"
+        rec, missing = _fedai_reply(transport, replies.get(nid))
+        if rec is None:  # no verdict: no reply, an error, or a malformed one
+            out.unverified[cid] = missing
             continue
         status = str(rec.get(keys.KEY_STATUS, ""))
         if status == keys.STATUS_REJECTED:
@@ -266,6 +258,18 @@ def _verify(
         logger.warning("federated statistics: %s", out.reason)
     for cid, why in sorted(out.unverified.items()):
         logger.warning("federated statistics: client %s gave no verdict: %s", cid, why)
+
+
+def _fedai_reply(transport: Transport, reply: Message | None) -> tuple[ConfigRecord | None, str]:
+    """A reply's fedai record, or None and why there is none (no reply, an error, malformed)."""
+    if reply is None:
+        return None, f"no reply within {transport.timeout:g} s"
+    if reply.has_error():
+        return None, clip_text(reply.error.reason or f"error code {reply.error.code}")
+    try:
+        return transport.fedai_record(reply), ""
+    except Exception as err:  # one bad reply costs only that node
+        return None, f"{type(err).__name__}: {clip_text(err)}"
 
 
 def gather(
@@ -322,14 +326,11 @@ def gather(
         cid = client.client_id
         nid_of[cid] = nid
         reply = replies.get(nid)
-        if reply is None:
-            out.failures[cid] = f"no reply within {transport.timeout:g} s"
-            continue
-        if reply.has_error():
-            out.failures[cid] = clip_text(reply.error.reason or f"error code {reply.error.code}")
+        rec, missing = _fedai_reply(transport, reply)
+        if rec is None or reply is None:
+            out.failures[cid] = missing
             continue
         try:
-            rec = transport.fedai_record(reply)
             status = str(rec.get(keys.KEY_STATUS, keys.STATUS_OK))
             if status != keys.STATUS_OK:
                 reason = clip_text(rec.get(keys.KEY_REASON, status))
@@ -359,7 +360,7 @@ def gather(
     need = max(MIN_STATISTICS_CONTRIBUTORS, cfg.secure_aggregation.min_contributors)
     while len(good) >= need and good:
         try:
-            out.payload = summer.sum([p for _, p, _ in good])
+            out.payload = summer.sum([p for _, p, _ in good], shapes=shapes)
             break
         except ContributionError as err:
             cid = good[err.index][0]

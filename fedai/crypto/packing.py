@@ -14,7 +14,7 @@ import numpy as np
 
 # ArraySpec and FLOAT_DTYPES live in the aggregation seam (a declared layout is a list of
 # ArraySpec); re-exported here, where the packing code has always imported them from.
-from fedai.aggregation import BOUND_HINT, FLOAT_DTYPES, ArraySpec
+from fedai.aggregation import BOUND_HINT, FLOAT_DTYPES, ArraySpec, layout_of
 from fedai.errors import ConfigError
 
 
@@ -30,12 +30,7 @@ def flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[ArraySpec]]:
     Raises:
         ValueError: An array is not a floating-point array of 2, 4 or 8 byte items.
     """
-    specs: list[ArraySpec] = []
-    for i, a in enumerate(arrays):
-        arr = np.asarray(a)
-        if arr.dtype.kind != "f" or arr.dtype.itemsize not in FLOAT_DTYPES:
-            raise ValueError(f"weights[{i}] must be a float16/32/64 array; got {arr.dtype}")
-        specs.append(ArraySpec(tuple(int(d) for d in arr.shape), arr.dtype.itemsize))
+    specs = layout_of(arrays, name="weights")
     if not arrays:
         return np.zeros(0, dtype=np.float64), specs
     flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])

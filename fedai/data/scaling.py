@@ -96,6 +96,7 @@ from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
+from fedai.aggregation import ArraySpec
 from fedai.config import DataSection, StandardizeMode, StatisticsMode
 from fedai.errors import ConfigError, CorruptPayloadError, DataError
 
@@ -544,9 +545,13 @@ def share(m: Moments, *, step: float) -> np.ndarray:
     return to_limbs(np.stack([m.mean, m.mean_square]), step=step)
 
 
-def shapes_of(num_features: int, *, step: float) -> list[tuple[int, ...]]:
-    """The layout of a shared statistics payload for ``num_features`` features on grid ``step``."""
-    return [(limbs_for(step), 2, int(num_features))]
+def shapes_of(num_features: int, *, step: float) -> list[ArraySpec]:
+    """The declared layout of a statistics payload: ``num_features`` features on grid ``step``.
+
+    One float64 array (the limbs are float64; a float32 average would cost 7 digits), so a
+    contribution or an aggregate relabelled to another dtype is refused by name.
+    """
+    return [ArraySpec((limbs_for(step), 2, int(num_features)), 8)]
 
 
 def check_total_count(total_count: float, *, own_count: int) -> None:
